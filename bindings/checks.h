@@ -1,0 +1,21 @@
+// Argument checks for the torch-facing launchers: each names the argument and what was expected.
+#pragma once
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#define PK_CHECK_ARG(cond, name, ...) TORCH_CHECK(cond, "polykernels: argument '", name, "': ", __VA_ARGS__)
+
+namespace pk {
+
+// 0 fp32, 1 bf16, 2 fp16 (the `kind` the torch-free CPU kernels take)
+inline int float_kind(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return 0;
+    case at::kBFloat16: return 1;
+    case at::kHalf: return 2;
+    default: PK_CHECK_ARG(false, name, "expected float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+  return -1;
+}
+
+}  // namespace pk

@@ -1,0 +1,17 @@
+// Schemas of the internal C++ kernels, defined once. The public ops
+// (torch.ops.polykernels.*) are defined in Python (kernels/ops/) so they exist even when this
+// extension could not be built; their C++ implementations are these polykernels_C ops,
+// registered with the dispatcher in kernels/cpu/register.py and kernels/cuda/register.py.
+// Each family keeps its definitions in its own block below.
+#include <torch/library.h>
+
+TORCH_LIBRARY(polykernels_C, m) {
+  // --- merge_attention_states (foundation) ---
+  m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
+
+  // --- CPU attention / paged decode (issue 5) ---
+
+  // --- CPU matmul / quantized linear (issue 5) ---
+
+  // --- CUDA paged decode (issue 4) ---
+}

@@ -1,0 +1,64 @@
+"""Sources and flags of the C++ extension ``polykernels._C``: one list for both the
+ahead-of-time build (setup.py) and the JIT build (_extension.py).
+
+Imports nothing from torch or polykernels, so setup.py can load it as a plain file.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+
+def cuda_available() -> bool:
+    """Build the CUDA kernels only when torch has CUDA and nvcc is present."""
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return False
+    if os.environ.get("POLYKERNELS_NO_CUDA", "0") != "0":
+        return False
+    return bool(torch.version.cuda) and (CUDA_HOME is not None or shutil.which("nvcc") is not None)
+
+
+def sources(pkg_dir: str, bindings_dir: str, with_cuda: bool) -> list[str]:
+    """Every C++ file of the extension: torch-free kernels plus the torch-facing glue.
+
+    Files in bindings/ whose name ends in ``_cuda.cpp`` hold the CUDA dispatch-key glue and
+    are compiled only with CUDA, like kernels/cuda/*.cu.
+    """
+    cpu = sorted(glob.glob(os.path.join(pkg_dir, "cpu", "*.cpp")))
+    glue = sorted(glob.glob(os.path.join(bindings_dir, "*.cpp")))
+    if not with_cuda:
+        glue = [g for g in glue if not g.endswith("_cuda.cpp")]
+        return cpu + glue
+    cuda = sorted(glob.glob(os.path.join(pkg_dir, "cuda", "*.cu")))
+    return cpu + glue + cuda
+
+
+def include_dirs(pkg_dir: str) -> list[str]:
+    return [os.path.join(pkg_dir, "cpu"), os.path.join(pkg_dir, "cuda")]
+
+
+def cxx_flags() -> list[str]:
+    # -O3 plus OpenMP. No -march=native: the binary must run on any x86-64; ISA-specific
+    # code paths use function target attributes and are picked at run time from CPU flags.
+    return ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wno-unused-function",
+            "-Wno-unknown-pragmas"]
+
+
+def nvcc_flags() -> list[str]:
+    return ["-O3", "-std=c++17", "--use_fast_math",
+            "-gencode=arch=compute_80,code=sm_80",
+            "-gencode=arch=compute_90a,code=sm_90a"]
+
+
+def extra_compile_args(with_cuda: bool) -> dict | list:
+    if with_cuda:
+        return {"cxx": cxx_flags(), "nvcc": nvcc_flags()}
+    return {"cxx": cxx_flags()}
+
+
+def extra_link_args() -> list[str]:
+    return ["-fopenmp"]

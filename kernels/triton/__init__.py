@@ -1,0 +1,1 @@
+"""Triton kernels, one sub-package per kernel family (imported lazily by the dispatcher)."""

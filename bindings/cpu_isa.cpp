@@ -1,0 +1,30 @@
+// Python-visible control of the CPU ISA path: torch.ops.polykernels_C.cpu_isa() and
+// set_cpu_isa(name) (tests force each path; returns the path actually set).
+#include <stdexcept>
+
+#include "checks.h"
+#include "cpu_isa.h"
+
+namespace {
+
+std::string cpu_isa() { return pk::cpu::isa_name(pk::cpu::active_isa()); }
+
+std::string set_cpu_isa(const std::string& name) {
+  pk::cpu::Isa requested;
+  try {
+    requested = pk::cpu::parse_isa(name);
+  } catch (const std::invalid_argument& e) {
+    PK_CHECK_ARG(false, "name", e.what());
+  }
+  return pk::cpu::isa_name(pk::cpu::set_active_isa(requested));
+}
+
+std::string detected_cpu_isa() { return pk::cpu::isa_name(pk::cpu::detected_isa()); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(polykernels_C, m) {
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("set_cpu_isa(str name) -> str", &set_cpu_isa);
+  m.def("detected_cpu_isa() -> str", &detected_cpu_isa);
+}

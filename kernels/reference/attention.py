@@ -1,0 +1,141 @@
+"""Pure-torch attention oracle (and last-resort implementation).
+
+Math in fp32 (fp64 when the inputs are fp64), result cast back to the input dtype. It
+materialises the full score matrix: correct for every feature, not fast. Semantics (DESIGN.md,
+FlashAttention 2 conventions), for query row i and key column j with d = i + Sk - Sq - j:
+  s = scale * q_i.k_j;  softcap > 0: s = softcap * tanh(s / softcap);  ALiBi: s += -slope * |d|
+  visible iff -right <= d <= left, window (left, right), -1 unbounded; causal => right = 0
+  out_i = softmax(s over visible j) @ v;  lse_i = log(sum over visible j of exp(s)) (fp32)
+  a row with no visible key: out 0, lse -inf.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def visibility(sq: int, sk: int, causal: bool, window_left: int, window_right: int,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(visible [sq, sk] bool, distance d [sq, sk] int64) for one (batch, head)."""
+    i = torch.arange(sq, device=device)[:, None]
+    j = torch.arange(sk, device=device)[None, :]
+    d = i + (sk - sq) - j
+    right = 0 if causal else window_right
+    visible = torch.ones(sq, sk, dtype=torch.bool, device=device)
+    if window_left >= 0:
+        visible &= d <= window_left
+    if right >= 0:
+        visible &= d >= -right
+    return visible, d
+
+
+def _scores(q, k, softmax_scale, softcap, alibi_slopes, d, ct):
+    """q [B, Sq, Hq, D], k [B, Sk, Hq, D] (already expanded for GQA) -> s [B, Hq, Sq, Sk]."""
+    s = torch.einsum("bqhd,bkhd->bhqk", q.to(ct), k.to(ct)) * softmax_scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(ct)
+        slopes = slopes[None, :] if slopes.dim() == 1 else slopes  # [B or 1, Hq]
+        s = s - slopes[:, :, None, None] * d.abs().to(ct)[None, None]
+    return s
+
+
+def _softmax_with_lse(s, visible):
+    """Masked softmax that gives p = 0 and lse = -inf for rows with no visible key (no NaN,
+    also in the backward pass: masked entries never reach exp with a finite gradient)."""
+    s = s.masked_fill(~visible, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    e = torch.exp(s - m)
+    denom = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(denom == 0, torch.ones_like(denom), denom)
+    lse = (torch.log(denom) + m).squeeze(-1)
+    return p, lse
+
+
+def _expand_kv(k, hq):
+    hk = k.shape[2]
+    return k if hk == hq else k.repeat_interleave(hq // hk, dim=2)
+
+
+def attention_math(q, k, v, causal, softmax_scale, window_left, window_right, softcap,
+                   alibi_slopes):
+    """Differentiable forward in the compute dtype: (out [B, Sq, Hq, D] in ct, lse [B, Hq, Sq])."""
+    ct = compute_dtype(q)
+    sq, sk, hq = q.shape[1], k.shape[1], q.shape[2]
+    if sk == 0:  # no keys at all: every row is fully masked
+        b = q.shape[0]
+        out = torch.zeros(b, sq, hq, v.shape[-1], dtype=ct, device=q.device)
+        return out, torch.full((b, hq, sq), float("-inf"), dtype=ct, device=q.device)
+    visible, d = visibility(sq, sk, causal, window_left, window_right, q.device)
+    s = _scores(q, _expand_kv(k, hq), softmax_scale, softcap, alibi_slopes, d, ct)
+    p, lse = _softmax_with_lse(s, visible)
+    out = torch.einsum("bhqk,bkhd->bqhd", p, _expand_kv(v, hq).to(ct))
+    return out, lse
+
+
+def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> (out [B, Sq, Hq, D] q.dtype, lse fp32 [B, Hq, Sq])."""
+    out, lse = attention_math(q, k, v, causal, softmax_scale, window_left, window_right,
+                              softcap, alibi_slopes)
+    return out.to(q.dtype), lse.to(torch.float32)
+
+
+def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
+                       window_right, softcap, alibi_slopes):
+    """Gradients by autograd through the forward math (recomputed; out/lse unused)."""
+    ct = compute_dtype(q)
+    if k.shape[1] == 0:  # no keys: output is constant 0
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    with torch.enable_grad():
+        qf, kf, vf = (t.detach().to(ct).requires_grad_(True) for t in (q, k, v))
+        o, _ = attention_math(qf, kf, vf, causal, softmax_scale, window_left, window_right,
+                              softcap, alibi_slopes)
+        dq, dk, dv = torch.autograd.grad(o, (qf, kf, vf), dout.to(ct))
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _sequences(cu_seqlens_q, cu_seqlens_k):
+    cq = cu_seqlens_q.tolist()
+    ck = cu_seqlens_k.tolist()
+    return [(b, cq[b], cq[b + 1], ck[b], ck[b + 1]) for b in range(len(cq) - 1)]
+
+
+def _slopes_for(alibi_slopes, b):
+    if alibi_slopes is None:
+        return None
+    return alibi_slopes[b] if alibi_slopes.dim() == 2 else alibi_slopes
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                     softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    """Packed sequences: q [total_q, Hq, D], k/v [total_k, Hkv, D], cu_seqlens int32 [B + 1]
+    -> (out [total_q, Hq, D], lse fp32 [Hq, total_q]). Each sequence is independent."""
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    for b, q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
+        if q1 == q0 or k1 == k0:  # no query, or no key: out stays 0, lse -inf
+            continue
+        o, l = attention(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, softmax_scale,
+                         window_left, window_right, softcap, _slopes_for(alibi_slopes, b))
+        out[q0:q1] = o[0]
+        lse[:, q0:q1] = l[0]
+    return out, lse
+
+
+def varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                              max_seqlen_q, max_seqlen_k, causal, softmax_scale, window_left,
+                              window_right, softcap, alibi_slopes):
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for b, q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
+        if q1 == q0 or k1 == k0:
+            continue
+        g = attention_backward(dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1],
+                               v[None, k0:k1], None, None, causal, softmax_scale, window_left,
+                               window_right, softcap, _slopes_for(alibi_slopes, b))
+        dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
+    return dq, dk, dv

@@ -1,0 +1,67 @@
+"""Pieces shared by the forward and backward kernels (Triton device functions)."""
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def mm(a, b, DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with an fp32 accumulator.
+
+    DOT_FP32 is set only under the interpreter, for bf16 (its bf16 dot is wrong: triton#11584).
+    PREC is "ieee" for fp32 inputs (tf32 would lose more than torch's fp32 baseline), else
+    "tf32" (ignored by fp16/bf16 dots).
+    """
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def scores(qk, rows, cols, diag, sm_scale, softcap, slope,
+           HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Raw q.k products -> attention logits (natural units), before masking.
+
+    Returns (s, t) where t = tanh(scaled / softcap) is what the backward needs for the
+    softcap derivative (1 - t^2); t is s itself when there is no softcap.
+    """
+    s = qk * sm_scale
+    t = s
+    if HAS_SOFTCAP:
+        # tanh(x) = 2 sigmoid(2x) - 1: core Triton has no tanh that works on every target.
+        t = 2.0 * tl.sigmoid(2.0 * (s / softcap)) - 1.0
+        s = softcap * t
+    if HAS_ALIBI:
+        d = rows[:, None] + diag - cols[None, :]
+        s = s - slope * tl.abs(d).to(tl.float32)
+    return s, t
+
+
+@triton.jit
+def visible(rows, cols, sq, sk, diag, window_left, window_right):
+    """Mask of (row, col) pairs inside both sequences and inside the window.
+
+    d = row + Sk - Sq - col must satisfy -window_right <= d <= window_left (unbounded sides
+    arrive as a huge number).
+    """
+    d = rows[:, None] + diag - cols[None, :]
+    return ((rows[:, None] < sq) & (cols[None, :] < sk)
+            & (d >= -window_right) & (d <= window_left))
+
+
+@triton.jit
+def seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+    """(q_start, sq, k_start, sk) of sequence b: from cu_seqlens when varlen, else (0, Sq, 0, Sk)."""
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + b)
+        sq = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        sk = tl.load(CU_K + b + 1) - k_start
+    else:
+        q_start = 0
+        sq = seqlen_q
+        k_start = 0
+        sk = seqlen_k
+    return q_start, sq, k_start, sk

@@ -1,0 +1,204 @@
+"""Flash attention backward kernels.
+
+Three launches, no atomics:
+1. ``attn_bwd_delta_kernel``: delta_i = sum_d dout_i * out_i (fp32, laid out like lse);
+2. ``attn_bwd_dkdv_kernel``: one program per (key block, batch, kv head) accumulates dk/dv
+   over every query head of its GQA group and every query block that can see it;
+3. ``attn_bwd_dq_kernel``: one program per (query block, batch, q head) accumulates dq.
+Probabilities are recomputed from lse: p = exp(s - lse). With a softcap the chain rule adds
+the factor 1 - tanh^2; ALiBi is a constant shift and adds nothing.
+"""
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, mm, scores, seq_bounds, visible
+
+
+@triton.jit
+def attn_bwd_delta_kernel(
+    O, DO, DELTA, CU_Q,
+    stride_ob, stride_os, stride_oh, stride_od,
+    stride_dob, stride_dos, stride_doh, stride_dod,
+    stride_lb, stride_lh,
+    seqlen_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    q_start, sq, _, _ = seq_bounds(CU_Q, CU_Q, b, seqlen_q, seqlen_q, IS_VARLEN)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < sq) & (offs_d[None, :] < HEAD_DIM)
+    pos = (q_start + rows).to(tl.int64)[:, None]
+    b64 = b.to(tl.int64)
+    o = tl.load(O + b64 * stride_ob + h * stride_oh + pos * stride_os + offs_d[None, :] * stride_od,
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b64 * stride_dob + h * stride_doh + pos * stride_dos + offs_d[None, :] * stride_dod,
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + b64 * stride_lb + h * stride_lh + q_start + rows, tl.sum(o * do, 1), mask=rows < sq)
+
+
+@triton.jit
+def _load_lse_log2(LSE, rows, sq):
+    """lse in log2 units; a fully masked row (-inf) becomes 0 so that exp2(-inf - 0) = 0."""
+    lse = tl.load(LSE + rows, mask=rows < sq, other=0.0)
+    return tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
+
+
+@triton.jit
+def attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, ALIBI,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_dob, stride_dos, stride_doh, stride_dod,
+    stride_dkb, stride_dks, stride_dkh, stride_dkd,
+    stride_dvb, stride_dvs, stride_dvh, stride_dvd,
+    stride_lb, stride_lh,
+    stride_ab, stride_ah,
+    seqlen_q, seqlen_k, group,
+    sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    hk = tl.program_id(2)
+    q_start, sq, k_start, sk = seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN)
+    n_start = pid_n * BLOCK_N
+    if n_start >= sk:
+        return
+    diag = sk - sq
+    b64 = b.to(tl.int64)
+
+    cols = n_start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = (cols[:, None] < sk) & d_ok[None, :]
+    kpos = (k_start + cols).to(tl.int64)[:, None]
+    k = tl.load(K + b64 * stride_kb + hk * stride_kh + kpos * stride_ks + offs_d[None, :] * stride_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b64 * stride_vb + hk * stride_vh + kpos * stride_vs + offs_d[None, :] * stride_vd,
+                mask=kv_mask, other=0.0)
+
+    # Query rows that see some column of this block: cols - diag - window_right ..
+    # cols - diag + window_left.
+    last_col = tl.minimum(n_start + BLOCK_N, sk) - 1
+    lo = tl.maximum(n_start - diag - window_right, 0)
+    lo = (lo // BLOCK_M) * BLOCK_M
+    hi = tl.minimum(last_col - diag + window_left + 1, sq)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(0, group):
+        h = hk * group + g
+        slope = 0.0
+        if HAS_ALIBI:
+            slope = tl.load(ALIBI + b * stride_ab + h * stride_ah)
+        q_base = Q + b64 * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
+        do_base = DO + b64 * stride_dob + h * stride_doh + offs_d[None, :] * stride_dod
+        lse_base = LSE + b64 * stride_lb + h * stride_lh + q_start
+        delta_base = DELTA + b64 * stride_lb + h * stride_lh + q_start
+        for start_m in range(lo, hi, BLOCK_M):
+            rows = start_m + offs_m
+            q_mask = (rows[:, None] < sq) & d_ok[None, :]
+            qpos = (q_start + rows).to(tl.int64)[:, None]
+            q = tl.load(q_base + qpos * stride_qs, mask=q_mask, other=0.0)
+            do = tl.load(do_base + qpos * stride_dos, mask=q_mask, other=0.0)
+            lse = _load_lse_log2(lse_base, rows, sq)
+            delta = tl.load(delta_base + rows, mask=rows < sq, other=0.0)
+            # Transposed scores: [BLOCK_N, BLOCK_M], so dk/dv come out of plain dots.
+            st, tt = scores(mm(k, tl.trans(q), DOT_FP32, PREC), cols, rows, -diag,
+                            sm_scale, softcap, slope, HAS_SOFTCAP, HAS_ALIBI)
+            vis = tl.trans(visible(rows, cols, sq, sk, diag, window_left, window_right))
+            pt = tl.where(vis, tl.exp2(st * LOG2E - lse[None, :]), 0.0)
+            dv += mm(pt.to(do.dtype), do, DOT_FP32, PREC)
+            dpt = mm(v, tl.trans(do), DOT_FP32, PREC)
+            dst = pt * (dpt - delta[None, :])
+            if HAS_SOFTCAP:
+                dst = dst * (1.0 - tt * tt)
+            dk += mm(dst.to(q.dtype), q, DOT_FP32, PREC)
+
+    dk = dk * sm_scale
+    tl.store(DK + b64 * stride_dkb + hk * stride_dkh + kpos * stride_dks + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b64 * stride_dvb + hk * stride_dvh + kpos * stride_dvs + offs_d[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, ALIBI,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_dob, stride_dos, stride_doh, stride_dod,
+    stride_dqb, stride_dqs, stride_dqh, stride_dqd,
+    stride_lb, stride_lh,
+    stride_ab, stride_ah,
+    seqlen_q, seqlen_k, group,
+    sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    hk = h // group
+    q_start, sq, k_start, sk = seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN)
+    m_start = pid_m * BLOCK_M
+    if m_start >= sq:
+        return
+    diag = sk - sq
+    b64 = b.to(tl.int64)
+
+    rows = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    q_mask = (rows[:, None] < sq) & d_ok[None, :]
+    qpos = (q_start + rows).to(tl.int64)[:, None]
+    q = tl.load(Q + b64 * stride_qb + h * stride_qh + qpos * stride_qs + offs_d[None, :] * stride_qd,
+                mask=q_mask, other=0.0)
+    do = tl.load(DO + b64 * stride_dob + h * stride_doh + qpos * stride_dos + offs_d[None, :] * stride_dod,
+                 mask=q_mask, other=0.0)
+    lse = _load_lse_log2(LSE + b64 * stride_lb + h * stride_lh + q_start, rows, sq)
+    delta = tl.load(DELTA + b64 * stride_lb + h * stride_lh + q_start + rows, mask=rows < sq, other=0.0)
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(ALIBI + b * stride_ab + h * stride_ah)
+
+    k_base = K + b64 * stride_kb + hk * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b64 * stride_vb + hk * stride_vh + offs_d[None, :] * stride_vd
+    last_row = tl.minimum(m_start + BLOCK_M, sq) - 1
+    lo = tl.maximum(m_start + diag - window_left, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    hi = tl.minimum(last_row + diag + window_right + 1, sk)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_mask = (cols[:, None] < sk) & d_ok[None, :]
+        kpos = (k_start + cols).to(tl.int64)[:, None]
+        k = tl.load(k_base + kpos * stride_ks, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + kpos * stride_vs, mask=kv_mask, other=0.0)
+        s, t = scores(mm(q, tl.trans(k), DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap,
+                      slope, HAS_SOFTCAP, HAS_ALIBI)
+        vis = visible(rows, cols, sq, sk, diag, window_left, window_right)
+        p = tl.where(vis, tl.exp2(s * LOG2E - lse[:, None]), 0.0)
+        dp = mm(do, tl.trans(v), DOT_FP32, PREC)
+        ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq += mm(ds.to(k.dtype), k, DOT_FP32, PREC)
+
+    dq = dq * sm_scale
+    tl.store(DQ + b64 * stride_dqb + h * stride_dqh + qpos * stride_dqs + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=q_mask)

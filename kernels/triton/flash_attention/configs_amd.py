@@ -1,0 +1,40 @@
+"""Launch configs for AMD Instinct GPUs (gfx90a / gfx942, wave64). The first candidate is the default.
+
+AMD-specific knobs ride in KernelConfig.extra: ``waves_per_eu`` bounds occupancy (so the
+register allocator keeps to the budget) and a single pipeline stage suits the AMD backend's
+software pipelining of flash-attention loops.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import KernelConfig
+
+
+def _c(bm, bn, warps, stages=1, waves=2):
+    return KernelConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                        extra=(("waves_per_eu", waves),))
+
+
+def fwd_configs(head_dim: int, dtype: torch.dtype, arch: str) -> list[KernelConfig]:
+    if dtype == torch.float32:
+        return [_c(64, 32, 4), _c(32, 32, 4)]
+    if head_dim <= 128:
+        return [_c(128, 64, 4), _c(128, 32, 4), _c(64, 64, 4)]
+    return [_c(64, 32, 4), _c(64, 64, 4, waves=1)]
+
+
+def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, arch: str) -> list[KernelConfig]:
+    if dtype == torch.float32:
+        return [_c(32, 32, 4), _c(16, 32, 4)]
+    if head_dim <= 128:
+        return [_c(32, 64, 4), _c(64, 64, 4, waves=1), _c(32, 128, 8, waves=1)]
+    return [_c(16, 32, 4), _c(32, 32, 4, waves=1)]
+
+
+def bwd_dq_configs(head_dim: int, dtype: torch.dtype, arch: str) -> list[KernelConfig]:
+    if dtype == torch.float32:
+        return [_c(32, 32, 4), _c(32, 16, 4)]
+    if head_dim <= 128:
+        return [_c(64, 32, 4), _c(64, 64, 4, waves=1), _c(128, 32, 8, waves=1)]
+    return [_c(32, 16, 4), _c(32, 32, 4, waves=1)]

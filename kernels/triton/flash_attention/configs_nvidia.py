@@ -1,0 +1,49 @@
+"""Launch configs for NVIDIA GPUs (sm80 / sm90). The first candidate is the default.
+
+Chosen so that every config compiles without register spills on sm80 and sm90
+(tests/test_codegen_attention.py checks the defaults); the autotuner, when present, times the
+other candidates once per shape bucket on the real device.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import KernelConfig
+
+
+def _c(bm, bn, warps, stages):
+    return KernelConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
+
+
+def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
+    if dtype == torch.float32:  # fp32 dots run on FMA units ("ieee"): keep tiles small
+        return [_c(64, 32, 4, 2), _c(32, 32, 4, 2)]
+    if head_dim <= 64:
+        return [_c(128, 64, 4, 3), _c(128, 128, 8, 3), _c(64, 64, 4, 3)]
+    if head_dim <= 128:
+        if capability[0] >= 9:
+            return [_c(128, 64, 8, 3), _c(128, 128, 8, 3), _c(128, 64, 4, 3)]
+        return [_c(128, 64, 4, 3), _c(128, 32, 4, 3), _c(64, 64, 4, 3)]
+    return [_c(64, 64, 4, 2), _c(128, 32, 8, 2), _c(64, 32, 4, 2)]
+
+
+def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
+    """block_n = keys per program (dk/dv accumulate in registers), block_m = queries per step."""
+    if dtype == torch.float32:
+        return [_c(32, 32, 4, 1), _c(16, 32, 4, 1)]
+    if head_dim <= 64:
+        return [_c(32, 64, 4, 2), _c(64, 64, 4, 2), _c(32, 128, 8, 2)]
+    if head_dim <= 128:
+        return [_c(32, 64, 4, 2), _c(64, 64, 8, 2), _c(32, 128, 8, 2)]
+    return [_c(32, 32, 4, 1), _c(16, 64, 4, 1)]
+
+
+def bwd_dq_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
+    """block_m = queries per program (dq accumulates in registers), block_n = keys per step."""
+    if dtype == torch.float32:
+        return [_c(32, 32, 4, 1), _c(32, 16, 4, 1)]
+    if head_dim <= 64:
+        return [_c(64, 32, 4, 2), _c(64, 64, 4, 2), _c(128, 32, 8, 2)]
+    if head_dim <= 128:
+        return [_c(64, 32, 4, 2), _c(64, 64, 8, 2), _c(128, 32, 8, 2)]
+    return [_c(32, 32, 4, 1), _c(64, 16, 4, 1)]

@@ -1,0 +1,90 @@
+"""Flash attention forward kernel (online softmax, one program per (query block, batch, head)).
+
+Layout: q/k/v/out are [batch, seqlen, heads, head_dim] with any strides (varlen: [total,
+heads, head_dim] with batch stride 0 and sequence starts from cu_seqlens). lse is fp32,
+addressed as LSE + b*stride_lb + h*stride_lh + (q_start + row).
+"""
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, mm, scores, seq_bounds, visible
+
+
+@triton.jit
+def attn_fwd_kernel(
+    Q, K, V, O, LSE, CU_Q, CU_K, ALIBI,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_ob, stride_os, stride_oh, stride_od,
+    stride_lb, stride_lh,
+    stride_ab, stride_ah,
+    seqlen_q, seqlen_k, group,
+    sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    hk = h // group
+    q_start, sq, k_start, sk = seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN)
+    m_start = pid_m * BLOCK_M
+    if m_start >= sq:  # varlen: this sequence is shorter than max_seqlen_q
+        return
+    diag = sk - sq
+    b64 = b.to(tl.int64)
+
+    rows = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = (Q + b64 * stride_qb + h * stride_qh
+              + (q_start + rows).to(tl.int64)[:, None] * stride_qs + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=(rows[:, None] < sq) & d_ok[None, :], other=0.0)
+    k_base = K + b64 * stride_kb + hk * stride_kh + offs_d[:, None] * stride_kd
+    v_base = V + b64 * stride_vb + hk * stride_vh + offs_d[None, :] * stride_vd
+
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(ALIBI + b * stride_ab + h * stride_ah)
+
+    # Only key blocks that some row of this block can see: rows see cols in
+    # [row + diag - window_left, row + diag + window_right].
+    last_row = tl.minimum(m_start + BLOCK_M, sq) - 1
+    lo = tl.maximum(m_start + diag - window_left, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    hi = tl.minimum(last_row + diag + window_right + 1, sk)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < sk
+        kpos = (k_start + cols).to(tl.int64)
+        kt = tl.load(k_base + kpos[None, :] * stride_ks, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        s, _ = scores(mm(q, kt, DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap, slope,
+                      HAS_SOFTCAP, HAS_ALIBI)
+        s = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right),
+                     s * LOG2E, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with nothing visible yet keeps max -inf; subtract 0 there to avoid inf - inf.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, DOT_FP32, PREC)
+        m_i = m_new
+
+    empty = l_i == 0.0  # no visible key: out 0, lse -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+    o_ptrs = (O + b64 * stride_ob + h * stride_oh
+              + (q_start + rows).to(tl.int64)[:, None] * stride_os + offs_d[None, :] * stride_od)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(rows[:, None] < sq) & d_ok[None, :])
+    tl.store(LSE + b64 * stride_lb + h * stride_lh + q_start + rows, lse, mask=rows < sq)

@@ -1,0 +1,191 @@
+"""Launchers: validate nothing the public layer already checked, allocate, pick a config, launch.
+
+Dense tensors are [batch, seqlen, heads, head_dim]; varlen tensors are [total, heads,
+head_dim] with int32/int64 ``cu_seqlens`` of length batch+1 (treated as batch stride 0 and a
+per-sequence start). lse / delta are fp32 [batch, heads, Sq] (varlen [heads, total_q]).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..common import dot_in_fp32, interpreting
+from ..config import KernelConfig
+from .backward import attn_bwd_delta_kernel, attn_bwd_dkdv_kernel, attn_bwd_dq_kernel
+from .forward import attn_fwd_kernel
+
+# "Unbounded" window side. Large enough to cover any sequence, small enough that
+# row + diag +/- UNBOUNDED stays inside int32 for sequences up to ~1e9 tokens.
+UNBOUNDED = 1 << 30
+
+# Small tiles under the interpreter: cost grows with tile area and sequences are short, and
+# several blocks per sequence exercise the block-boundary and block-skipping logic.
+_INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
+
+
+def effective_window(causal: bool, window_left: int, window_right: int) -> tuple[int, int]:
+    """(left, right) as kernel ints: causal caps the right side at 0; -1 becomes UNBOUNDED."""
+    left = UNBOUNDED if window_left < 0 else int(window_left)
+    right = UNBOUNDED if window_right < 0 else int(window_right)
+    if causal:
+        right = min(right, 0)
+    return left, right
+
+
+def _configs(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device) -> list[KernelConfig]:
+    if interpreting() or device.type != "cuda":
+        return [_INTERPRETER_CONFIG]
+    if torch.version.hip:
+        from . import configs_amd as cfg
+        arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
+        return getattr(cfg, f"{kind}_configs")(head_dim, dtype, arch)
+    from . import configs_nvidia as cfg
+    return getattr(cfg, f"{kind}_configs")(head_dim, dtype, torch.cuda.get_device_capability(device))
+
+
+def _pick(kind: str, kernel, bucket: tuple, candidates: list[KernelConfig], launch) -> KernelConfig:
+    """Autotuned choice when the shared autotune cache exists, else the vendor default."""
+    if len(candidates) == 1:
+        return candidates[0]
+    try:
+        from ..autotune import pick_config
+    except ImportError:
+        return candidates[0]
+
+    def bench(cfg):
+        return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20)
+
+    return pick_config(f"flash_attention.{kind}", kernel, bucket, candidates, bench)
+
+
+def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int, int]:
+    return (0, *t.stride()) if varlen else tuple(t.stride())
+
+
+def _alibi_args(alibi, dummy):
+    if alibi is None:
+        return dummy, 0, 0
+    if alibi.dim() == 1:
+        return alibi, 0, alibi.stride(0)
+    return alibi, alibi.stride(0), alibi.stride(1)
+
+
+def _bucket(*parts):
+    return tuple(parts)
+
+
+def _common_meta(q, softcap, alibi):
+    d = q.shape[-1]
+    return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+                HAS_SOFTCAP=softcap > 0.0, HAS_ALIBI=alibi is not None,
+                DOT_FP32=dot_in_fp32(q.dtype), PREC="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int]:
+    return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+
+
+def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+            window_left, window_right, softcap, alibi_slopes, out=None, lse=None):
+    """Flash attention forward. Dense when ``cu_seqlens_q`` is None.
+
+    Returns (out like q, lse fp32). ``out``/``lse`` may be preallocated (tests poison them).
+    """
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        batch = cu_seqlens_q.numel() - 1
+        sq_arg, sk_arg = 0, 0
+        cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+        total_q, hq, d = q.shape
+        lse_shape = (hq, total_q)
+    else:
+        batch, sq_arg, hq, d = q.shape
+        sk_arg = k.shape[1]
+        max_seqlen_q, max_seqlen_k = sq_arg, sk_arg
+        cu_q = cu_k = q  # unused pointer
+        lse_shape = (batch, hq, sq_arg)
+    group = hq // k.shape[-2]
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    if q.numel() == 0 or max_seqlen_q == 0:
+        lse.fill_(float("-inf"))
+        return out.zero_(), lse
+    left, right = effective_window(causal, window_left, window_right)
+    alibi, sab, sah = _alibi_args(alibi_slopes, q)
+    meta = _common_meta(q, softcap, alibi_slopes)
+    args = (q, k, v, out, lse, cu_q, cu_k, alibi,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
+            *_lse_strides(lse, varlen), sab, sah,
+            sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
+
+    def launch(cfg: KernelConfig):
+        grid = (triton.cdiv(max_seqlen_q, cfg.block_m), batch, hq)
+        attn_fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, IS_VARLEN=varlen,
+                              **meta, **cfg.launch_options())
+
+    bucket = _bucket(str(q.dtype), d, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
+                     alibi_slopes is not None, varlen, group,
+                     triton.next_power_of_2(max(max_seqlen_q, 1)), triton.next_power_of_2(max(max_seqlen_k, 1)))
+    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", d, q.dtype, q.device), launch))
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+             softmax_scale, window_left, window_right, softcap, alibi_slopes, dq=None, dk=None, dv=None):
+    """Flash attention backward. Returns (dq, dk, dv) shaped and typed like q, k, v."""
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        batch = cu_seqlens_q.numel() - 1
+        sq_arg, sk_arg = 0, 0
+        cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+        hq, d = q.shape[1], q.shape[2]
+    else:
+        batch, sq_arg, hq, d = q.shape
+        sk_arg = k.shape[1]
+        max_seqlen_q, max_seqlen_k = sq_arg, sk_arg
+        cu_q = cu_k = q
+    hk = k.shape[-2]
+    group = hq // hk
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
+    if q.numel() == 0 or k.numel() == 0 or max_seqlen_q == 0 or max_seqlen_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
+    left, right = effective_window(causal, window_left, window_right)
+    alibi, sab, sah = _alibi_args(alibi_slopes, q)
+    meta = _common_meta(q, softcap, alibi_slopes)
+    lse_strides = _lse_strides(lse, varlen)
+
+    block_d = meta["BLOCK_D"]
+    delta_bm = 32 if interpreting() else max(16, min(128, 8192 // block_d))
+    attn_bwd_delta_kernel[(triton.cdiv(max_seqlen_q, delta_bm), batch, hq)](
+        out, dout, delta, cu_q, *_strides(out, varlen), *_strides(dout, varlen), *lse_strides, sq_arg,
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=delta_bm, IS_VARLEN=varlen)
+
+    tail = (*lse_strides, sab, sah, sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
+    qkv_do = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))
+    dkdv_args = (q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, alibi,
+                 *qkv_do, *_strides(dk, varlen), *_strides(dv, varlen), *tail)
+    dq_args = (q, k, v, dout, lse, delta, dq, cu_q, cu_k, alibi, *qkv_do, *_strides(dq, varlen), *tail)
+
+    def launch_dkdv(cfg):
+        grid = (triton.cdiv(max_seqlen_k, cfg.block_n), batch, hk)
+        attn_bwd_dkdv_kernel[grid](*dkdv_args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                   IS_VARLEN=varlen, **meta, **cfg.launch_options())
+
+    def launch_dq(cfg):
+        grid = (triton.cdiv(max_seqlen_q, cfg.block_m), batch, hq)
+        attn_bwd_dq_kernel[grid](*dq_args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                 IS_VARLEN=varlen, **meta, **cfg.launch_options())
+
+    bucket = _bucket(str(q.dtype), d, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
+                     alibi_slopes is not None, varlen, group,
+                     triton.next_power_of_2(max(max_seqlen_q, 1)), triton.next_power_of_2(max(max_seqlen_k, 1)))
+    launch_dkdv(_pick("bwd_dkdv", attn_bwd_dkdv_kernel, bucket, _configs("bwd_dkdv", d, q.dtype, q.device),
+                      launch_dkdv))
+    launch_dq(_pick("bwd_dq", attn_bwd_dq_kernel, bucket, _configs("bwd_dq", d, q.dtype, q.device), launch_dq))
+    return dq, dk, dv

@@ -1,10 +1,10 @@
 """Pure-torch reference implementations: the test oracle, the benchmarks' correctness check
 and the last-resort implementation of every op. Signatures are the ops' internal ones
 (CONTRIBUTING.md)."""
-from .attention import (attention, attention_backward, varlen_attention,
+from .attention_ref import (attention, attention_backward, varlen_attention,
                         varlen_attention_backward)
-from .matmul import grouped_matmul, linear, matmul, quantized_linear, scaled_matmul
-from .paged import merge_attention_states, paged_attention, write_kv_cache
+from .matmul_ref import grouped_matmul, linear, matmul, quantized_linear, scaled_matmul
+from .paged_ref import merge_attention_states, paged_attention, write_kv_cache
 from . import quant
 
 __all__ = [

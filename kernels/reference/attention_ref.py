@@ -87,15 +87,39 @@ def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap
 
 def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
                        window_right, softcap, alibi_slopes):
-    """Gradients by autograd through the forward math (recomputed; out/lse unused)."""
+    """Gradients (dq, dk, dv) by the explicit formulas (no autograd: this runs inside a custom
+    op, below the autograd dispatch key). P is recomputed; out/lse are not needed.
+      dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dP * P));
+      softcap: dS_raw = dS * (1 - tanh^2);  dQ = scale dS_raw K;  dK = scale dS_raw^T Q
+    GQA: gradients of the query heads sharing a KV head are summed into it."""
     ct = compute_dtype(q)
-    if k.shape[1] == 0:  # no keys: output is constant 0
+    b, sq, hq, _ = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    if sk == 0:  # no keys: output is constant 0
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    with torch.enable_grad():
-        qf, kf, vf = (t.detach().to(ct).requires_grad_(True) for t in (q, k, v))
-        o, _ = attention_math(qf, kf, vf, causal, softmax_scale, window_left, window_right,
-                              softcap, alibi_slopes)
-        dq, dk, dv = torch.autograd.grad(o, (qf, kf, vf), dout.to(ct))
+    visible, d = visibility(sq, sk, causal, window_left, window_right, q.device)
+    qf, kf, vf, do = q.to(ct), _expand_kv(k, hq).to(ct), _expand_kv(v, hq).to(ct), dout.to(ct)
+    raw = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * softmax_scale
+    s = raw
+    if softcap > 0:
+        t = torch.tanh(raw / softcap)
+        s = softcap * t
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(ct)
+        slopes = slopes[None, :] if slopes.dim() == 1 else slopes
+        s = s - slopes[:, :, None, None] * d.abs().to(ct)[None, None]
+    p, _ = _softmax_with_lse(s, visible)
+    dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
+    dp = torch.einsum("bqhd,bkhd->bhqk", do, vf)
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    if softcap > 0:
+        ds = ds * (1 - t * t)
+    dq = torch.einsum("bhqk,bkhd->bqhd", ds, kf) * softmax_scale
+    dk = torch.einsum("bhqk,bqhd->bkhd", ds, qf) * softmax_scale
+    if hk != hq:  # fold the query-head groups back onto their KV head
+        g = hq // hk
+        dk = dk.reshape(b, sk, hk, g, -1).sum(dim=3)
+        dv = dv.reshape(b, sk, hk, g, -1).sum(dim=3)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 

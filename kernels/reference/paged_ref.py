@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import attention
+from .attention_ref import attention
 
 
 def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int, scale: float,

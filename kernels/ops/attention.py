@@ -1,0 +1,202 @@
+"""pk.attention and pk.varlen_attention: public functions, torch.library ops, fakes, autograd.
+
+The ops ``torch.ops.polykernels.attention`` / ``varlen_attention`` (and their ``_backward``)
+run the dispatcher: the implementation is chosen per call from the registry (Triton, C++,
+reference, plugins) with failover. Semantics: DESIGN.md / reference/attention.py.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..dispatch import dispatch
+from . import checks
+
+# -- dense --------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("polykernels::attention", mutates_args=())
+def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float,
+               window_left: int, window_right: int, softcap: float,
+               alibi_slopes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return dispatch("attention", q, k, v, causal, softmax_scale, window_left, window_right,
+                    softcap, alibi_slopes)
+
+
+@_attention.register_fake
+def _(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    b, sq, hq, _ = q.shape
+    return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=torch.float32)
+
+
+@torch.library.custom_op("polykernels::attention_backward", mutates_args=())
+def _attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                        causal: bool, softmax_scale: float, window_left: int, window_right: int,
+                        softcap: float, alibi_slopes: Optional[Tensor]
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    return dispatch("attention_backward", dout, q, k, v, out, lse, causal, softmax_scale,
+                    window_left, window_right, softcap, alibi_slopes)
+
+
+@_attention_backward.register_fake
+def _(dout, q, k, v, out, lse, *rest):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _lse_grad_used(dlse: Optional[Tensor]) -> bool:
+    # Kernels' backward passes take no lse gradient (FlashAttention's do not either). When a
+    # caller differentiates through the returned lse, use the reference's full autograd so the
+    # answer is right instead of silently dropping that term. Costs one device sync.
+    return dlse is not None and bool((dlse != 0).any())
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, causal, scale, wl, wr, softcap, alibi = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, alibi)
+    ctx.flags = (causal, scale, wl, wr, softcap)
+
+
+def _attention_grad(ctx, dout, dlse):
+    q, k, v, out, lse, alibi = ctx.saved_tensors
+    causal, scale, wl, wr, softcap = ctx.flags
+    if _lse_grad_used(dlse):
+        from ..reference.attention_ref import attention_math
+        with torch.enable_grad():
+            qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+            o, l = attention_math(qf, kf, vf, causal, scale, wl, wr, softcap, alibi)
+            dq, dk, dv = torch.autograd.grad((o, l), (qf, kf, vf), (dout.float(), dlse.float()))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
+    dq, dk, dv = _attention_backward(dout.contiguous(), q, k, v, out, lse, causal, scale, wl, wr,
+                                     softcap, alibi)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
+              softmax_scale: float | None = None, window: tuple[int, int] = (-1, -1),
+              softcap: float = 0.0, alibi_slopes: Tensor | None = None,
+              return_lse: bool = False):
+    """Scaled dot-product attention, FlashAttention layout, with autograd.
+
+    q [batch, seqlen_q, heads_q, head_dim], k/v [batch, seqlen_k, heads_kv, head_dim] (any
+    strides; heads_q % heads_kv == 0 for GQA/MQA); fp16/bf16/fp32 (fp64: reference only).
+    causal: bottom-right aligned when seqlen_q != seqlen_k. window=(left, right), -1 unbounded.
+    softcap > 0: scores -> softcap * tanh(scores / softcap). alibi_slopes fp32 [heads_q] or
+    [batch, heads_q]: scores -= slope * |i + seqlen_k - seqlen_q - j|.
+    Returns out [batch, seqlen_q, heads_q, head_dim] (q's dtype), and with return_lse=True also
+    lse fp32 [batch, heads_q, seqlen_q]. A query row that sees no key gets 0 and lse -inf.
+
+    >>> out = pk.attention(q, k, v, causal=True)            # doctest: +SKIP
+    """
+    out, lse = _attention(*attention_args(q, k, v, causal=causal, softmax_scale=softmax_scale,
+                                          window=window, softcap=softcap,
+                                          alibi_slopes=alibi_slopes))
+    return (out, lse) if return_lse else out
+
+
+def attention_args(q, k, v, *, causal=False, softmax_scale=None, window=(-1, -1), softcap=0.0,
+                   alibi_slopes=None, return_lse=False) -> tuple:
+    """Validate public arguments; return the op's internal arguments."""
+    checks.qkv(q, k, v, seq_dims=4)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected bool, got {type(causal).__name__}")
+    wl, wr = checks.window_pair(window)
+    scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
+    checks.alibi(alibi_slopes, q, q.shape[0], q.shape[2])
+    return q, k, v, causal, scale, wl, wr, softcap, alibi_slopes
+
+
+# -- varlen -------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("polykernels::varlen_attention", mutates_args=())
+def _varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+            max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+            window_left: int, window_right: int, softcap: float,
+            alibi_slopes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return dispatch("varlen_attention", q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                    max_seqlen_k, causal, softmax_scale, window_left, window_right, softcap,
+                    alibi_slopes)
+
+
+@_varlen.register_fake
+def _(q, k, v, *rest):
+    t, hq, _ = q.shape
+    return q.new_empty(t, hq, v.shape[-1]), q.new_empty(hq, t, dtype=torch.float32)
+
+
+@torch.library.custom_op("polykernels::varlen_attention_backward", mutates_args=())
+def _varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+                     max_seqlen_k: int, causal: bool, softmax_scale: float, window_left: int,
+                     window_right: int, softcap: float, alibi_slopes: Optional[Tensor]
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    return dispatch("varlen_attention_backward", dout, q, k, v, out, lse, cu_seqlens_q,
+                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+                    window_left, window_right, softcap, alibi_slopes)
+
+
+@_varlen_backward.register_fake
+def _(dout, q, k, v, *rest):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _varlen_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, wl, wr, softcap, alibi = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi)
+    ctx.flags = (max_q, max_k, causal, scale, wl, wr, softcap)
+
+
+def _varlen_grad(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k, alibi = ctx.saved_tensors
+    max_q, max_k, causal, scale, wl, wr, softcap = ctx.flags
+    if _lse_grad_used(dlse):
+        raise NotImplementedError("varlen_attention: gradients through the returned lse are not "
+                                  "supported; use pk.attention per sequence or detach lse")
+    dq, dk, dv = _varlen_backward(dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
+                                  causal, scale, wl, wr, softcap, alibi)
+    return (dq, dk, dv) + (None,) * 10
+
+
+_varlen.register_autograd(_varlen_grad, setup_context=_varlen_setup)
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
+                     cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
+                     causal: bool = False, softmax_scale: float | None = None,
+                     window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                     alibi_slopes: Tensor | None = None, return_lse: bool = False):
+    """Attention over packed variable-length sequences (one launch for the whole batch).
+
+    q [total_q, heads_q, head_dim], k/v [total_k, heads_kv, head_dim]; cu_seqlens_q/k int32
+    [batch + 1] prefix sums of the lengths (sequence b is rows cu[b]:cu[b+1]); max_seqlen_q/k
+    bound the lengths. Per-sequence semantics are those of ``attention``; alibi_slopes
+    [heads_q] or [batch, heads_q]. Returns out [total_q, heads_q, head_dim] and, with
+    return_lse=True, lse fp32 [heads_q, total_q].
+    """
+    out, lse = _varlen(*varlen_attention_args(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+        softmax_scale=softmax_scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes))
+    return (out, lse) if return_lse else out
+
+
+def varlen_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                          causal=False, softmax_scale=None, window=(-1, -1), softcap=0.0,
+                          alibi_slopes=None, return_lse=False) -> tuple:
+    """Validate public arguments; return the op's internal arguments."""
+    checks.qkv(q, k, v, seq_dims=3)
+    batch = checks.cu_seqlens(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q,
+                              max_seqlen_k, q.device)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected bool, got {type(causal).__name__}")
+    wl, wr = checks.window_pair(window)
+    scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
+    checks.alibi(alibi_slopes, q, batch, q.shape[1])
+    return (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, wl,
+            wr, softcap, alibi_slopes)

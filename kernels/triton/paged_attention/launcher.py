@@ -1,0 +1,238 @@
+"""Launchers of the paged decode kernels: validate what the kernels assume, allocate,
+choose the grid and config, launch. Internal signatures of CONTRIBUTING.md.
+
+triton is imported here, so this module is imported only on first use (register.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from ..common import dot_in_fp32, interpreting
+from . import heuristics
+from .decode_kernel import paged_decode_kernel
+from .merge_kernel import merge_two_kernel, reduce_splits_kernel
+from .write_kernel import write_kv_kernel
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+CACHE_DTYPES = (torch.float16, torch.bfloat16) + FP8_DTYPES
+MAX_Q_LEN = 16
+MAX_HEAD_DIM = 256
+MAX_BLOCK_SIZE = 256
+MAX_ROWS = 128  # q_len * group: the GQA-packed tile must stay in registers
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every output and scratch buffer comes from here, so tests can poison them (NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _configs(device: torch.device):
+    if device.type == "cuda" and torch.version.hip:
+        from . import configs_amd as c
+    else:
+        from . import configs_nvidia as c
+    return c
+
+
+def _scale(x) -> float:
+    if x is None:
+        return 1.0
+    if isinstance(x, torch.Tensor):
+        return float(x.item())
+    return float(x)
+
+
+def _pick_decode_config(device, block_m, block_d, cache_bytes, bench_launch):
+    cfgs = _configs(device)
+    cands = cfgs.candidates(block_m, block_d, cache_bytes)
+    if interpreting() or device.type != "cuda":
+        return cands[0]
+    try:
+        from ..autotune import pick_config
+    except ImportError:  # the shared autotuner is optional: fall back to the vendor default
+        return cands[0]
+    bucket = (block_m, block_d, cache_bytes)
+    return pick_config("paged_decode", paged_decode_kernel, bucket, cands, bench_launch)
+
+
+# --------------------------------------------------------------------------- supports
+
+def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale,
+                             window_left, window_right, softcap, alibi_slopes, k_scale, v_scale):
+    """None when the Triton decode kernel handles these arguments, else why not."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"q dtype {q.dtype} (needs float16 or bfloat16)"
+    if k_cache.dtype not in CACHE_DTYPES or v_cache.dtype != k_cache.dtype:
+        return f"cache dtypes {k_cache.dtype}/{v_cache.dtype} (need fp16/bf16/fp8 e4m3, equal)"
+    if k_cache.dtype in (torch.float16, torch.bfloat16) and k_cache.dtype != q.dtype:
+        return f"cache dtype {k_cache.dtype} differs from q dtype {q.dtype}"
+    if q.shape[1] > MAX_Q_LEN:
+        return f"q_len {q.shape[1]} > {MAX_Q_LEN}"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head_dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if k_cache.shape[1] > MAX_BLOCK_SIZE:
+        return f"block_size {k_cache.shape[1]} > {MAX_BLOCK_SIZE}"
+    rows = q.shape[1] * (q.shape[2] // k_cache.shape[2])
+    if rows > MAX_ROWS:
+        return f"q_len * (Hq / Hkv) = {rows} > {MAX_ROWS} rows per program"
+    if q.device.type != "cuda" and not interpreting():
+        return "CPU tensors need TRITON_INTERPRET=1"
+    return None
+
+
+def write_kv_cache_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+    if k_cache.dtype not in CACHE_DTYPES or v_cache.dtype != k_cache.dtype:
+        return f"cache dtypes {k_cache.dtype}/{v_cache.dtype} (need fp16/bf16/fp8 e4m3, equal)"
+    if k.shape[-1] > 1024 or k.shape[1] * k.shape[-1] > 32768:
+        return f"heads*head_dim {k.shape[1]}*{k.shape[-1]} too large for one program"
+    if k.device.type != "cuda" and not interpreting():
+        return "CPU tensors need TRITON_INTERPRET=1"
+    return None
+
+
+def merge_supports(out_a, lse_a, out_b, lse_b):
+    if out_a.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"out dtype {out_a.dtype}"
+    if out_a.shape[-2] * out_a.shape[-1] > 32768:
+        return f"heads*head_dim {out_a.shape[-2]}*{out_a.shape[-1]} too large for one program"
+    if out_a.device.type != "cuda" and not interpreting():
+        return "CPU tensors need TRITON_INTERPRET=1"
+    return None
+
+
+# --------------------------------------------------------------------------- paged_attention
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
+                    window_right, softcap, alibi_slopes, k_scale, v_scale, *, num_splits=None):
+    """Paged decode attention.
+
+    q [num_seqs, q_len, Hq, D] fp16/bf16, any strides; k_cache/v_cache [num_blocks,
+    block_size, Hkv, D] (q's dtype, or fp8 e4m3 dequantised as value * k_scale / v_scale);
+    block_table int32 [num_seqs, max_blocks]; seq_lens int32 [num_seqs], each >= q_len.
+    Query token t of sequence s sits at position seq_lens[s] - q_len + t and attends causally,
+    narrowed by window_left (window_right is irrelevant under causality). alibi_slopes fp32
+    [Hq] or [num_seqs, Hq]. Returns out [num_seqs, q_len, Hq, D] (q dtype) and lse fp32
+    [num_seqs, Hq, q_len] (-inf and out 0 for a row with no visible key).
+
+    ``num_splits`` forces the number of KV splits (tests); None picks it from the batch,
+    the context bound (max_blocks * block_size, no device sync) and the multiprocessors.
+    """
+    num_seqs, q_len, hq, dim = q.shape
+    _, block_size, hkv, _ = k_cache.shape
+    group = hq // hkv
+    rows = q_len * group
+    block_m = max(16, triton.next_power_of_2(rows))
+    block_d = max(16, triton.next_power_of_2(dim))
+    fp8 = k_cache.dtype in FP8_DTYPES
+    qk_scale = float(softmax_scale) * (_scale(k_scale) if fp8 else 1.0)
+    vs = _scale(v_scale) if fp8 else 1.0
+    has_window = window_left is not None and window_left >= 0
+    wl = int(window_left) if has_window else 0
+    has_softcap = softcap is not None and softcap > 0
+
+    out = _empty((num_seqs, q_len, hq, dim), q.dtype, q.device)
+    lse = _empty((num_seqs, hq, q_len), torch.float32, q.device)
+    if num_seqs == 0 or hq == 0:
+        return out, lse
+    if alibi_slopes is not None:
+        alibi = alibi_slopes
+        sa = (alibi.stride(0), alibi.stride(1)) if alibi.dim() == 2 else (0, alibi.stride(0))
+    else:
+        alibi, sa = q, (0, 0)  # dummy pointer, never read (HAS_ALIBI False)
+    block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
+    seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
+
+    def launch(cfg, splits, o, l, so, sl):
+        paged_decode_kernel[(num_seqs, hkv, splits)](
+            q, k_cache, v_cache, block_table, seq_lens, alibi, o, l,
+            qk_scale, vs, float(softcap) if has_softcap else 1.0, wl,
+            q_len, group, dim, block_size, splits,
+            *q.stride(), *k_cache.stride(), *v_cache.stride(),
+            *block_table.stride(), *sa, *so, *sl,
+            BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+            HAS_WINDOW=has_window, HAS_SOFTCAP=has_softcap, HAS_ALIBI=alibi_slopes is not None,
+            DOT_FP32=dot_in_fp32(q.dtype), **cfg.launch_options())
+
+    o_strides = (out.stride(0), 0, out.stride(1), out.stride(2), out.stride(3))
+    l_strides = (lse.stride(0), 0, lse.stride(1), lse.stride(2))
+
+    def bench_one(cfg):
+        return triton.testing.do_bench(lambda: launch(cfg, 1, out, lse, o_strides, l_strides))
+
+    cfg = _pick_decode_config(q.device, block_m, block_d, k_cache.element_size(), bench_one)
+    if num_splits is None:
+        context = block_table.shape[1] * block_size
+        if has_window:
+            context = min(context, wl + q_len)
+        num_splits = heuristics.num_splits(num_seqs, hkv, context,
+                                           heuristics.multiprocessor_count(q.device), cfg.block_n)
+    if num_splits <= 1:
+        launch(cfg, 1, out, lse, o_strides, l_strides)
+        return out, lse
+
+    po = _empty((num_seqs, num_splits, q_len, hq, dim), torch.float32, q.device)
+    pl = _empty((num_seqs, num_splits, hq, q_len), torch.float32, q.device)
+    launch(cfg, num_splits, po, pl, po.stride(), pl.stride())
+    rcfg = _configs(q.device).reduce_config()
+    reduce_splits_kernel[(num_seqs * q_len, hq)](
+        po, pl, out, lse, num_splits, q_len, dim,
+        *po.stride(), *pl.stride(), *out.stride(), *lse.stride(),
+        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
+        **rcfg.launch_options())
+    return out, lse
+
+
+# --------------------------------------------------------------------------- write_kv_cache
+
+def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+    """Scatter k, v [T, Hkv, D] into k_cache/v_cache [num_blocks, block_size, Hkv, D] in place
+    at ``slot_mapping`` [T] (int32/int64; slot = block * block_size + offset, -1 = padding,
+    skipped). fp8 caches store value / scale, saturated to the format's largest finite value."""
+    t, hkv, dim = k.shape
+    if t == 0:
+        return None
+    quant = k_cache.dtype in FP8_DTYPES
+    fp8_max = torch.finfo(k_cache.dtype).max if quant else 0.0
+    cfg = _configs(k.device).write_config()
+    write_kv_kernel[(t,)](
+        k, v, k_cache, v_cache, slot_mapping,
+        1.0 / _scale(k_scale) if quant else 1.0, 1.0 / _scale(v_scale) if quant else 1.0,
+        float(fp8_max), hkv, dim, k_cache.shape[1],
+        *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
+        BLOCK_H=triton.next_power_of_2(hkv), BLOCK_D=triton.next_power_of_2(dim), QUANT=quant,
+        ROUND_FP8=quant and interpreting(),
+        FP8_MIN_EXP=-7 if k_cache.dtype == torch.float8_e4m3fnuz else -6,
+        **cfg.launch_options())
+    return None
+
+
+# --------------------------------------------------------------------------- merge
+
+def merge_attention_states(out_a, lse_a, out_b, lse_b):
+    """Merge two partial attention states over disjoint key sets.
+
+    out_* [..., S, H, D] (fp16/bf16/fp32, ndim 3 or 4, any strides), lse_* fp32 [..., H, S].
+    Returns (out in out_a's dtype, contiguous; lse fp32). Both lse -inf gives 0 / -inf.
+    """
+    batched = out_a.dim() == 4
+    out = _empty(out_a.shape, out_a.dtype, out_a.device)
+    lse = _empty(lse_a.shape, torch.float32, out_a.device)
+    if out.numel() == 0:
+        lse.copy_(torch.logaddexp(lse_a.float(), lse_b.float()))  # -inf, -inf -> -inf
+        return out, lse
+    if not batched:
+        oa, ob, o = (x.unsqueeze(0) for x in (out_a, out_b, out))
+        la, lb, l_ = (x.unsqueeze(0) for x in (lse_a, lse_b, lse))
+    else:
+        oa, ob, o, la, lb, l_ = out_a, out_b, out, lse_a, lse_b, lse
+    nb, rows, heads, dim = oa.shape
+    cfg = _configs(out_a.device).reduce_config()
+    merge_two_kernel[(nb * rows,)](
+        oa, la, ob, lb, o, l_, rows, heads, dim,
+        *oa.stride(), *ob.stride(), *o.stride(), *la.stride(), *lb.stride(), *l_.stride(),
+        BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(dim),
+        **cfg.launch_options())
+    return out, lse

@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from polykernels.reference.attention import visibility
 
 # Absolute error floors per dtype, scaled by the reference's largest magnitude (>= 1).
 FLOOR = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -27,6 +26,18 @@ def make_qkv(b, sq, sk, hq, hk, d, dtype, layout="bshd"):
     return one(sq, hq), one(sk, hk), one(sk, hk)
 
 
+def visibility(sq, sk, causal, wl, wr):
+    """(visible [sq, sk], d [sq, sk]) per DESIGN.md: d = i + Sk - Sq - j, -right <= d <= left."""
+    d = torch.arange(sq)[:, None] + (sk - sq) - torch.arange(sk)[None, :]
+    right = 0 if causal else wr
+    vis = torch.ones(sq, sk, dtype=torch.bool)
+    if wl >= 0:
+        vis &= d <= wl
+    if right >= 0:
+        vis &= d >= -right
+    return vis, d
+
+
 def torch_same_dtype(q, k, v, causal, scale, wl, wr, softcap, alibi):
     """The attention math done by torch in the inputs' own dtype (the error baseline)."""
     dt = q.dtype
@@ -34,7 +45,7 @@ def torch_same_dtype(q, k, v, causal, scale, wl, wr, softcap, alibi):
     sk = k.shape[1]
     g = hq // k.shape[2]
     k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
-    vis, dist = visibility(sq, sk, causal, wl, wr, q.device)
+    vis, dist = visibility(sq, sk, causal, wl, wr)
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)

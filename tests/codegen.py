@@ -34,17 +34,24 @@ class Compiled:
     shared: int
 
 
-def compile_for(kernel, target: str, signature: dict, constexprs: dict, options: dict) -> Compiled:
+def compile_for(kernel, target: str, signature: dict, constexprs: dict, options: dict,
+                divisible_by_16: tuple = ()) -> Compiled:
     """Compile ``kernel`` for ``target`` (a key of TARGETS).
 
     ``signature`` maps every parameter name to a Triton type ("*fp16", "i32", "fp32",
     "constexpr"); ``constexprs`` gives the constexpr values; ``options`` the launch options
     (num_warps, num_stages, and AMD knobs such as waves_per_eu).
     """
+    # --- issue 6 (matmul): ``divisible_by_16`` names pointer/int parameters to mark with
+    # tt.divisibility=16, as the JIT does at run time for 16-byte-aligned pointers and ints
+    # that are multiples of 16. Without it every load is scalar and large tiles spill
+    # (measured: 128x128x32 fp16 GEMM on sm80, 2704 spill bytes without, 0 with).
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible_by_16}
+    # --- end issue 6
     gpu_target, asm_key, _ = TARGETS[target]
     constexprs = {k if isinstance(k, tuple) else (kernel.arg_names.index(k),): v
                   for k, v in constexprs.items()}
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     k = triton.compile(src, target=gpu_target, options=dict(options))
     if asm_key == "ptx":
         regs, spills = _cubin_resource_usage(k.asm["cubin"])

@@ -16,6 +16,7 @@ from .registry import Backend, Registry
 log = logging.getLogger("polykernels")
 
 BUILTIN_IMPL_MODULES = [
+    "polykernels.triton.matmul.register",  # issue 6: Triton matmul family
     "polykernels.reference.register",
     "polykernels.cpu.register_merge",
 ]

@@ -30,11 +30,20 @@ def sources(pkg_dir: str, bindings_dir: str, with_cuda: bool) -> list[str]:
     """
     cpu = sorted(glob.glob(os.path.join(pkg_dir, "cpu", "*.cpp")))
     glue = sorted(glob.glob(os.path.join(bindings_dir, "*.cpp")))
+    cuda = sorted(glob.glob(os.path.join(pkg_dir, "cuda", "*.cu")))
     if not with_cuda:
         glue = [g for g in glue if not g.endswith("_cuda.cpp")]
-        return cpu + glue
-    cuda = sorted(glob.glob(os.path.join(pkg_dir, "cuda", "*.cu")))
-    return cpu + glue + cuda
+        cuda = []
+    files = cpu + glue + cuda
+    # The JIT build names object files by basename: two sources with one stem would collide.
+    stems: dict[str, str] = {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in stems:
+            raise RuntimeError(f"C++ sources {stems[stem]} and {f} share the name {stem!r}; "
+                               "rename one (object files are named by basename)")
+        stems[stem] = f
+    return files
 
 
 def include_dirs(pkg_dir: str) -> list[str]:

@@ -1,0 +1,46 @@
+"""merge_attention_states: every impl available on the device vs the same formula in torch.
+
+Bytes model: read out_a, out_b, lse_a, lse_b, write out and lse.
+"""
+from __future__ import annotations
+
+import torch
+
+import polykernels as pk
+from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err, time_ms, timed_impls
+
+
+def torch_merge(out_a, lse_a, out_b, lse_b):
+    lse = torch.logaddexp(lse_a, lse_b)
+    wa = torch.exp(lse_a - lse).transpose(-1, -2).unsqueeze(-1)
+    wb = torch.exp(lse_b - lse).transpose(-1, -2).unsqueeze(-1)
+    return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype), lse
+
+
+def run(report, device, quick: bool) -> None:
+    shapes = [(8, 1, 32, 128), (64, 1, 32, 128)] if quick else \
+        [(8, 1, 32, 128), (64, 1, 32, 128), (256, 1, 32, 128), (4, 512, 32, 128)]
+    bw = copy_bandwidth_gbs(device)
+    for dtype in (torch.bfloat16,):
+        for b, s, h, d in shapes:
+            out_a = torch.randn(b, s, h, d, dtype=dtype, device=device)
+            out_b = torch.randn_like(out_a)
+            lse_a = torch.randn(b, h, s, device=device)
+            lse_b = torch.randn_like(lse_a)
+            args = (out_a, lse_a, out_b, lse_b)
+            nbytes = 3 * out_a.numel() * out_a.element_size() + 3 * lse_a.numel() * 4
+            shape = f"B{b} S{s} H{h} D{d} {str(dtype)[6:]}"
+            ref_out, _ = pk.reference.merge_attention_states(*args)
+            report.add(op="merge_states", shape=shape, impl="torch",
+                       ms=time_ms(lambda: torch_merge(*args), device), nbytes=nbytes, peak_gbs=bw,
+                       max_err=max_abs_err(torch_merge(*args)[0], ref_out))
+            for impl in timed_impls("merge_attention_states", device):
+                with pk.use(merge_attention_states=impl):
+                    out, _ = pk.merge_attention_states(*args)
+                    ms = time_ms(lambda: pk.merge_attention_states(*args), device)
+                report.add(op="merge_states", shape=shape, impl=impl, ms=ms, nbytes=nbytes,
+                           peak_gbs=bw, baseline="torch", max_err=max_abs_err(out, ref_out))
+
+
+if __name__ == "__main__":
+    main_for(run)

@@ -296,12 +296,13 @@ def _bits(t):
     return t.view(torch.uint8) if t.element_size() == 1 else t.view(torch.int16)
 
 
-@pytest.mark.parametrize("cache_dtype,slot_dtype", [
-    (torch.float16, torch.int64), (torch.bfloat16, torch.int32),
-    (torch.float8_e4m3fn, torch.int64), (torch.float8_e4m3fnuz, torch.int32)])
-def test_write_kv_cache(cache_dtype, slot_dtype):
+@pytest.mark.parametrize("cache_dtype,slot_dtype,d", [
+    (torch.float16, torch.int64, 40), (torch.bfloat16, torch.int32, 40),
+    (torch.float8_e4m3fn, torch.int64, 40), (torch.float8_e4m3fnuz, torch.int32, 40),
+    (torch.float16, torch.int32, 1000)])  # 1000: two programs per token (head blocks)
+def test_write_kv_cache(cache_dtype, slot_dtype, d):
     device = _device()
-    nb, bs, hkv, d, t = 5, 48, 3, 40, 11
+    nb, bs, hkv, t = 5, 48, 3, 11
     src_dtype = torch.bfloat16 if cache_dtype == torch.bfloat16 else torch.float16
     # Poisoned caches: random bit patterns (NaNs included) that must survive untouched.
     # k_cache is a view with a padded head axis (non-contiguous).
@@ -327,6 +328,32 @@ def test_write_kv_cache(cache_dtype, slot_dtype):
         allowed = torch.zeros(nb * bs, dtype=torch.bool, device=device)
         allowed[slots[slots >= 0].long()] = True
         assert not (touched.flatten() & ~allowed).any(), f"{name}: a padding/unlisted slot was written"
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def test_public_ops_choose_triton_when_asked():
+    """pk.* with an explicit choice runs these kernels (bit-identical to the launcher)."""
+    import polykernels as pk
+    kc, vc, table, sl = make_paged([5, 40], 16, 2, 64, torch.bfloat16)
+    q = torch.randn(2, 2, 8, 64, dtype=torch.bfloat16, device=kc.device)
+    with pk.use(paged_attention="triton"):
+        out, lse = pk.paged_attention(q, kc, vc, table, sl, window=(7, -1), return_lse=True)
+    want, want_lse = L.paged_attention(q, kc, vc, table, sl, 64 ** -0.5, 7, -1, 0.0, None, 1.0, 1.0)
+    assert torch.equal(out, want) and torch.equal(lse, want_lse)
+    with pk.use(merge_attention_states="triton"):
+        m, ml = pk.merge_attention_states(out, lse, out, lse)
+    assert torch.allclose(m.float(), out.float(), atol=1e-2)
+    assert torch.allclose(ml, lse + math.log(2), atol=1e-5)
+    k = torch.randn(3, 2, 64, dtype=torch.bfloat16, device=kc.device)
+    slots = torch.tensor([1, -1, 17], device=kc.device)
+    kc2, vc2 = kc.clone(), vc.clone()
+    with pk.use(write_kv_cache="triton"):
+        pk.write_kv_cache(k, k, kc2, vc2, slots)
+    # slot 1 = block 0, offset 1; slot 17 = block 1, offset 1 (block_size 16)
+    assert torch.equal(kc2[0, 1], k[0]) and torch.equal(vc2[1, 1], k[2])
+    kc2[0, 1], kc2[1, 1] = kc[0, 1], kc[1, 1]
+    assert torch.equal(kc2.view(torch.int16), kc.view(torch.int16)), "write_kv_cache touched other slots"
 
 
 # --------------------------------------------------------------------------- heuristics, supports

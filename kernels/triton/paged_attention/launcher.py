@@ -80,24 +80,34 @@ def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax
         return f"q_len * (Hq / Hkv) = {rows} > {MAX_ROWS} rows per program"
     if q.device.type != "cuda" and not interpreting():
         return "CPU tensors need TRITON_INTERPRET=1"
+    return _fp8_reason(k_cache)
+
+
+def _fp8_reason(cache) -> str | None:
+    """Triton has fp8 e4m3 on NVIDIA only from sm89; AMD converts on every CDNA target."""
+    if cache.dtype in FP8_DTYPES and cache.device.type == "cuda" and not torch.version.hip:
+        if cache.dtype != torch.float8_e4m3fn:
+            return f"{cache.dtype} cache on NVIDIA (use float8_e4m3fn)"
+        if torch.cuda.get_device_capability(cache.device) < (8, 9):
+            return "fp8 cache needs compute capability >= 8.9 in Triton"
     return None
 
 
 def write_kv_cache_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
     if k_cache.dtype not in CACHE_DTYPES or v_cache.dtype != k_cache.dtype:
         return f"cache dtypes {k_cache.dtype}/{v_cache.dtype} (need fp16/bf16/fp8 e4m3, equal)"
-    if k.shape[-1] > 1024 or k.shape[1] * k.shape[-1] > 32768:
-        return f"heads*head_dim {k.shape[1]}*{k.shape[-1]} too large for one program"
+    if k.shape[-1] > 2048:
+        return f"head_dim {k.shape[-1]} > 2048"
     if k.device.type != "cuda" and not interpreting():
         return "CPU tensors need TRITON_INTERPRET=1"
-    return None
+    return _fp8_reason(k_cache)
 
 
 def merge_supports(out_a, lse_a, out_b, lse_b):
     if out_a.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"out dtype {out_a.dtype}"
-    if out_a.shape[-2] * out_a.shape[-1] > 32768:
-        return f"heads*head_dim {out_a.shape[-2]}*{out_a.shape[-1]} too large for one program"
+    if out_a.shape[-1] > 16384:
+        return f"head_dim {out_a.shape[-1]} > 16384 (one program per row and head)"
     if out_a.device.type != "cuda" and not interpreting():
         return "CPU tensors need TRITON_INTERPRET=1"
     return None
@@ -145,22 +155,19 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
     seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
 
-    def launch(cfg, splits, o, l, so, sl):
+    def launch(cfg, splits, o, l):
         paged_decode_kernel[(num_seqs, hkv, splits)](
             q, k_cache, v_cache, block_table, seq_lens, alibi, o, l,
             qk_scale, vs, float(softcap) if has_softcap else 1.0, wl,
             q_len, group, dim, block_size, splits,
             *q.stride(), *k_cache.stride(), *v_cache.stride(),
-            *block_table.stride(), *sa, *so, *sl,
+            *block_table.stride(), *sa,
             BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             HAS_WINDOW=has_window, HAS_SOFTCAP=has_softcap, HAS_ALIBI=alibi_slopes is not None,
             DOT_FP32=dot_in_fp32(q.dtype), **cfg.launch_options())
 
-    o_strides = (out.stride(0), 0, out.stride(1), out.stride(2), out.stride(3))
-    l_strides = (lse.stride(0), 0, lse.stride(1), lse.stride(2))
-
     def bench_one(cfg):
-        return triton.testing.do_bench(lambda: launch(cfg, 1, out, lse, o_strides, l_strides))
+        return triton.testing.do_bench(lambda: launch(cfg, 1, out, lse))
 
     cfg = _pick_decode_config(q.device, block_m, block_d, k_cache.element_size(), bench_one)
     if num_splits is None:
@@ -170,12 +177,12 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
         num_splits = heuristics.num_splits(num_seqs, hkv, context,
                                            heuristics.multiprocessor_count(q.device), cfg.block_n)
     if num_splits <= 1:
-        launch(cfg, 1, out, lse, o_strides, l_strides)
+        launch(cfg, 1, out, lse)
         return out, lse
 
     po = _empty((num_seqs, num_splits, q_len, hq, dim), torch.float32, q.device)
     pl = _empty((num_seqs, num_splits, hq, q_len), torch.float32, q.device)
-    launch(cfg, num_splits, po, pl, po.stride(), pl.stride())
+    launch(cfg, num_splits, po, pl)
     rcfg = _configs(q.device).reduce_config()
     reduce_splits_kernel[(num_seqs * q_len, hq)](
         po, pl, out, lse, num_splits, q_len, dim,
@@ -197,12 +204,14 @@ def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
     quant = k_cache.dtype in FP8_DTYPES
     fp8_max = torch.finfo(k_cache.dtype).max if quant else 0.0
     cfg = _configs(k.device).write_config()
-    write_kv_kernel[(t,)](
+    block_d = triton.next_power_of_2(dim)
+    block_h = min(triton.next_power_of_2(hkv), max(1, 2048 // block_d))  # <= 2048 elements a tile
+    write_kv_kernel[(t, triton.cdiv(hkv, block_h))](
         k, v, k_cache, v_cache, slot_mapping,
         1.0 / _scale(k_scale) if quant else 1.0, 1.0 / _scale(v_scale) if quant else 1.0,
         float(fp8_max), hkv, dim, k_cache.shape[1],
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
-        BLOCK_H=triton.next_power_of_2(hkv), BLOCK_D=triton.next_power_of_2(dim), QUANT=quant,
+        BLOCK_H=block_h, BLOCK_D=block_d, QUANT=quant,
         ROUND_FP8=quant and interpreting(),
         FP8_MIN_EXP=-7 if k_cache.dtype == torch.float8_e4m3fnuz else -6,
         **cfg.launch_options())
@@ -230,9 +239,9 @@ def merge_attention_states(out_a, lse_a, out_b, lse_b):
         oa, ob, o, la, lb, l_ = out_a, out_b, out, lse_a, lse_b, lse
     nb, rows, heads, dim = oa.shape
     cfg = _configs(out_a.device).reduce_config()
-    merge_two_kernel[(nb * rows,)](
-        oa, la, ob, lb, o, l_, rows, heads, dim,
+    merge_two_kernel[(nb * rows, heads)](
+        oa, la, ob, lb, o, l_, rows, dim,
         *oa.stride(), *ob.stride(), *o.stride(), *la.stride(), *lb.stride(), *l_.stride(),
-        BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(dim),
+        BLOCK_D=triton.next_power_of_2(dim),
         **cfg.launch_options())
     return out, lse

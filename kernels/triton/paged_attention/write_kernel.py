@@ -30,17 +30,18 @@ def write_kv_kernel(
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, QUANT: tl.constexpr,
     ROUND_FP8: tl.constexpr, FP8_MIN_EXP: tl.constexpr,
 ):
-    """One program per new token: ``slot = block * block_size + offset``; slot < 0 is
-    padding and writes nothing. QUANT (fp8 caches) stores value * inv_scale (= value / scale),
+    """One program per (new token, BLOCK_H heads): ``slot = block * block_size + offset``;
+    slot < 0 is padding and writes nothing. QUANT (fp8 caches) stores value * inv_scale (= value / scale),
     clamped to the fp8
     range (fp8_max) and rounded to the cache dtype."""
     t = tl.program_id(0)
+    h0 = tl.program_id(1) * BLOCK_H
     slot = tl.load(SLOT + t).to(tl.int64)
     if slot < 0:
         return
     blk = slot // block_size
     off = slot % block_size
-    h = tl.arange(0, BLOCK_H)
+    h = h0 + tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     ok = (h < heads)[:, None] & (d < head_dim)[None, :]
     k = tl.load(K + t.to(tl.int64) * stride_kt + h[:, None] * stride_kh + d[None, :] * stride_kd, mask=ok)

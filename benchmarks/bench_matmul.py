@@ -1,0 +1,177 @@
+"""Matmul family: every impl dispatch offers on the device vs torch, in the same run.
+
+Rows per case: "torch" (torch.matmul / F.linear + activation / torch._scaled_mm or
+torch._int_mm / dequantise + matmul / a loop of per-expert matmuls), then each impl that
+``timed_impls`` lists for the op on this device (on CPU: cpp and reference; the Triton
+interpreter is never timed), chosen with ``pk.use``. FLOP model 2*M*N*K; weight-only rows
+also report GB/s on the packed weight + scales bytes and % of the measured copy bandwidth.
+
+CPU preset (issue 5 goals): GEMM fp32/bf16 1024^3 and 2048^3; linear+bias+GELU M512 K4096
+N11008 bf16; int4/int8 weight-only M1 K4096 N11008. GPU preset: square 512..8192, Llama-3-8B
+and Qwen-2.5-7B projections at M = 1, 16, 128, 4096 (bf16, fp8, int4), Mixtral MoE
+(8 experts, top-2, 4096 -> 14336) grouped GEMM.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import polykernels as pk
+from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err, time_ms, timed_impls
+
+# (name, K, N) projections: Llama-3-8B (hidden 4096, 8 KV heads of 128, MLP 14336) and
+# Qwen-2.5-7B (hidden 3584, 4 KV heads of 128, MLP 18944).
+LLM = [("llama3-8b qkv", 4096, 6144), ("llama3-8b o", 4096, 4096),
+       ("llama3-8b gate_up", 4096, 28672), ("llama3-8b down", 14336, 4096),
+       ("qwen2.5-7b qkv", 3584, 4608), ("qwen2.5-7b o", 3584, 3584),
+       ("qwen2.5-7b gate_up", 3584, 37888), ("qwen2.5-7b down", 18944, 3584)]
+_ACT = {None: lambda t: t, "gelu": F.gelu}
+
+
+def _reps(device, flops):
+    # CPU: a 2048^3 GEMM takes ~0.1 s; keep every case to a few seconds.
+    if device.type == "cuda":
+        return {}
+    return dict(warmup=1, rep=3) if flops > 2e10 else dict(warmup=2, rep=5)
+
+
+def _impl_rows(report, op, shape, device, call, ref_out, flops=None, nbytes=None, peak=None):
+    for impl in timed_impls(op, device):
+        with pk.use(**{op: impl}):
+            try:
+                out = call()
+            except Exception as e:  # an impl that refuses this case: say so, keep going
+                report.add(op=op, shape=shape, impl=impl, ms=float("nan"), note=f"failed: {e}"[:80])
+                continue
+            ms = time_ms(call, device, **_reps(device, flops or 0))
+        report.add(op=op, shape=shape, impl=impl, ms=ms, flops=flops, nbytes=nbytes,
+                   peak_gbs=peak, baseline="torch", max_err=max_abs_err(out, ref_out))
+
+
+def bench_gemm(report, device, M, K, N, dtype, bias=False, activation=None, op="matmul",
+               label=None):
+    a = torch.randn(M, K, dtype=dtype, device=device)
+    w = torch.randn(N, K, dtype=dtype, device=device) / K ** 0.5
+    b = torch.randn(N, dtype=dtype, device=device) if bias else None
+    flops = 2.0 * M * N * K
+    shape = label or f"{M}x{K}x{N} {str(dtype)[6:]}" + (f" +bias {activation}" if bias or activation else "")
+    if op == "linear":
+        def torch_fn():
+            return _ACT[activation](F.linear(a, w, b))
+        call = lambda: pk.linear(a, w, b, activation=activation)  # noqa: E731
+    else:
+        wt = w.t().contiguous()
+
+        def torch_fn():
+            return _ACT[activation](torch.matmul(a, wt) if b is None else torch.addmm(b, a, wt))
+        call = lambda: pk.matmul(a, wt, bias=b, activation=activation)  # noqa: E731
+    ref_out = torch_fn()
+    report.add(op=op, shape=shape, impl="torch", ms=time_ms(torch_fn, device, **_reps(device, flops)),
+               flops=flops)
+    _impl_rows(report, op, shape, device, call, ref_out, flops=flops)
+
+
+def bench_weight_only(report, device, M, K, N, bits, dtype=torch.bfloat16, group_size=128,
+                      label=""):
+    w = torch.randn(N, K, dtype=dtype, device=device)
+    qw, s, z = pk.quantize_weight(w, bits=bits, group_size=group_size)
+    x = torch.randn(M, K, dtype=dtype, device=device)
+    nbytes = qw.numel() + s.numel() * s.element_size()  # weight traffic dominates at small M
+    flops = 2.0 * M * N * K
+    peak = copy_bandwidth_gbs(device)
+    shape = f"{label}M{M} K{K} N{N} int{bits} g{group_size} {str(dtype)[6:]}"
+
+    def torch_fn():  # what a user without a kernel does: dequantise, then matmul
+        return F.linear(x, pk.reference.quant.dequantize_weight(qw, s, z, bits, group_size, dtype))
+    ref_out = torch_fn()
+    report.add(op="quantized_linear", shape=shape, impl="torch",
+               ms=time_ms(torch_fn, device, **_reps(device, flops)), flops=flops,
+               nbytes=nbytes, peak_gbs=peak, note="dequantise + matmul")
+    _impl_rows(report, "quantized_linear", shape, device,
+               lambda: pk.quantized_linear(x, qw, s, z, bits=bits, group_size=group_size),
+               ref_out, flops=flops, nbytes=nbytes, peak=peak)
+
+
+def bench_scaled(report, device, M, K, N, dtype, label=""):
+    a = torch.randn(M, K, device=device)
+    bt = torch.randn(N, K, device=device)
+    if dtype == torch.int8:
+        qa, sa = pk.quantize_int8(a, "row")
+        qbt, sb = pk.quantize_int8(bt, "row")
+    else:
+        qa, sa = pk.quantize_fp8(a, "row", dtype)
+        qbt, sb = pk.quantize_fp8(bt, "row", dtype)
+    qb, sb = qbt.t(), sb.reshape(1, -1)  # b [K, N] column-major, as _scaled_mm wants
+    flops = 2.0 * M * N * K
+    shape = f"{label}M{M} K{K} N{N} {str(dtype)[6:]} row/col scales"
+    if device.type == "cuda" and dtype != torch.int8:
+        def torch_fn():
+            return torch._scaled_mm(qa, qb, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+    elif device.type == "cuda":
+        def torch_fn():
+            return (torch._int_mm(qa, qb).float() * sa * sb).to(torch.bfloat16)
+    else:
+        def torch_fn():
+            return ((qa.float() @ qb.float()) * sa * sb).to(torch.bfloat16)
+    try:
+        ref_out = torch_fn()
+        report.add(op="scaled_matmul", shape=shape, impl="torch", flops=flops,
+                   ms=time_ms(torch_fn, device, **_reps(device, flops)))
+    except Exception as e:  # e.g. _scaled_mm needs sm89+
+        ref_out = pk.reference.scaled_matmul(qa, qb, sa, sb, None, torch.bfloat16)
+        report.add(op="scaled_matmul", shape=shape, impl="torch", ms=float("nan"),
+                   note=f"failed: {e}"[:80])
+    _impl_rows(report, "scaled_matmul", shape, device,
+               lambda: pk.scaled_matmul(qa, qb, sa, sb, out_dtype=torch.bfloat16), ref_out,
+               flops=flops)
+
+
+def bench_grouped(report, device, tokens, E=8, topk=2, K=4096, N=14336, dtype=torch.bfloat16):
+    T = tokens * topk
+    x = torch.randn(T, K, dtype=dtype, device=device)
+    w = torch.randn(E, K, N, dtype=dtype, device=device) / K ** 0.5
+    # Routing as a real MoE layer sees it: uneven expert loads, sorted rows.
+    counts = torch.bincount(torch.randint(0, E, (T,)), minlength=E)
+    sizes = counts.to(device=device, dtype=torch.int32)
+    flops = 2.0 * T * N * K
+    shape = f"mixtral tokens={tokens} top{topk} E{E} {K}->{N} {str(dtype)[6:]}"
+    starts = [0] + torch.cumsum(counts, 0).tolist()
+
+    def torch_fn():
+        return torch.cat([x[starts[e]:starts[e + 1]] @ w[e] for e in range(E)])
+    ref_out = torch_fn()
+    report.add(op="grouped_matmul", shape=shape, impl="torch", flops=flops,
+               ms=time_ms(torch_fn, device, **_reps(device, flops)), note="loop over experts")
+    _impl_rows(report, "grouped_matmul", shape, device,
+               lambda: pk.grouped_matmul(x, w, sizes), ref_out, flops=flops)
+
+
+def run(report, device, quick: bool) -> None:
+    if device.type != "cuda":
+        sizes = (1024,) if quick else (1024, 2048)
+        for dtype in (torch.float32, torch.bfloat16):
+            for n in sizes:
+                bench_gemm(report, device, n, n, n, dtype)
+        bench_gemm(report, device, 64 if quick else 512, 4096, 11008, torch.bfloat16, bias=True,
+                   activation="gelu", op="linear")
+        for bits in (4, 8):
+            bench_weight_only(report, device, 1, 4096, 11008, bits)
+        return
+    squares = (1024, 4096) if quick else (512, 1024, 2048, 4096, 8192)
+    for n in squares:
+        bench_gemm(report, device, n, n, n, torch.bfloat16)
+    ms = (1, 128) if quick else (1, 16, 128, 4096)
+    llm = LLM[:2] if quick else LLM
+    for name, K, N in llm:
+        for M in ms:
+            bench_gemm(report, device, M, K, N, torch.bfloat16, op="linear",
+                       label=f"{name} M{M} bf16")
+            bench_weight_only(report, device, M, K, N, 4, label=f"{name} ")
+            fp8 = torch.float8_e4m3fnuz if torch.version.hip else torch.float8_e4m3fn
+            bench_scaled(report, device, M, K, N, fp8, label=f"{name} ")
+    for tokens in ((16, 2048) if quick else (1, 16, 128, 2048)):
+        bench_grouped(report, device, tokens)
+
+
+if __name__ == "__main__":
+    main_for(run)

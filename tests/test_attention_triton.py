@@ -57,7 +57,7 @@ def test_forward_backward(case):
     scale = d ** -0.5
     args = (causal, scale, wl, wr, softcap, alibi)
 
-    out = torch.full_like(q, float("nan"))
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype)
     lse = torch.full((b, hq, sq), float("nan"))
     got, got_lse = launch.forward(q, k, v, None, None, 0, 0, *args, out=out, lse=lse)
     assert got.data_ptr() == out.data_ptr() and got.dtype == dt
@@ -67,7 +67,7 @@ def test_forward_backward(case):
     assert_lse(got_lse, want_lse)
 
     dout = torch.randn_like(got)
-    grads = [torch.full_like(t, float("nan")) for t in (q, k, v)]
+    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype) for t in (q, k, v)]
     dq, dk, dv = launch.backward(dout, q, k, v, got, got_lse, None, None, 0, 0, *args,
                                  dq=grads[0], dk=grads[1], dv=grads[2])
     want_g = ref.attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None, *args)

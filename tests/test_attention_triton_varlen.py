@@ -41,14 +41,14 @@ def test_varlen_forward_backward(case):
     args = (causal, d ** -0.5, wl, wr, softcap, alibi)
     shape = (cu_q, cu_k, max(lq), max(lk))
 
-    out = torch.full_like(q, float("nan"))
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype)
     lse = torch.full((hq, sum(lq)), float("nan"))
     got, got_lse = launch.forward(q, k, v, *shape, *args, out=out, lse=lse)
     want, want_lse = ref.varlen_attention(q.double(), k.double(), v.double(), *shape, *args)
     assert_lse(got_lse, want_lse)
 
     dout = torch.randn_like(q)
-    grads = [torch.full_like(t, float("nan")) for t in (q, k, v)]
+    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype) for t in (q, k, v)]
     dq, dk, dv = launch.backward(dout, q, k, v, got, got_lse, *shape, *args,
                                  dq=grads[0], dk=grads[1], dv=grads[2])
     want_g = ref.varlen_attention_backward(dout.double(), q.double(), k.double(), v.double(),

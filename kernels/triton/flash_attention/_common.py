@@ -11,7 +11,7 @@ def mm(a, b, DOT_FP32: tl.constexpr, PREC: tl.constexpr):
 
     DOT_FP32 is set only under the interpreter, for bf16 (its bf16 dot is wrong: triton#11584).
     PREC is "ieee" for fp32 inputs (tf32 would lose more than torch's fp32 baseline), else
-    "tf32" (ignored by fp16/bf16 dots).
+    None (the default; AMD targets reject "tf32" even for fp16 dots).
     """
     if DOT_FP32:
         a = a.to(tl.float32)
@@ -65,3 +65,23 @@ def seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
         k_start = 0
         sk = seqlen_k
     return q_start, sq, k_start, sk
+
+
+@triton.jit
+def token_base(b, start, seqlen, IS_VARLEN: tl.constexpr):
+    """Token index (int64) of a sequence's first row in a contiguous [B, S, H, D] / [T, H, D]
+    tensor the kernels allocate themselves (out, dq, dk, dv): b*S + start, varlen just start."""
+    if IS_VARLEN:
+        return start.to(tl.int64)
+    else:
+        return b.to(tl.int64) * seqlen + start
+
+
+@triton.jit
+def row_stat_base(b, h, n_heads, seqlen_q, q_start, IS_VARLEN: tl.constexpr):
+    """Offset of row 0 of (b, h) in a contiguous lse/delta: [B, H, Sq] dense, [H, total_q]
+    varlen (the launcher passes total_q as seqlen_q there)."""
+    if IS_VARLEN:
+        return h.to(tl.int64) * seqlen_q + q_start
+    else:
+        return (b.to(tl.int64) * n_heads + h) * seqlen_q

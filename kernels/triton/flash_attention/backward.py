@@ -7,11 +7,14 @@ Three launches, no atomics:
 3. ``attn_bwd_dq_kernel``: one program per (query block, batch, q head) accumulates dq.
 Probabilities are recomputed from lse: p = exp(s - lse). With a softcap the chain rule adds
 the factor 1 - tanh^2; ALiBi is a constant shift and adds nothing.
+
+q/k/v/out/dout take any strides; dq/dk/dv (allocated like q/k/v, contiguous) and lse/delta
+(contiguous fp32) are addressed by computed offsets to keep the scalar-argument count down.
 """
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mm, scores, seq_bounds, visible
+from ._common import LOG2E, mm, row_stat_base, scores, seq_bounds, token_base, visible
 
 
 @triton.jit
@@ -19,7 +22,6 @@ def attn_bwd_delta_kernel(
     O, DO, DELTA, CU_Q,
     stride_ob, stride_os, stride_oh, stride_od,
     stride_dob, stride_dos, stride_doh, stride_dod,
-    stride_lb, stride_lh,
     seqlen_q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     IS_VARLEN: tl.constexpr,
@@ -37,7 +39,8 @@ def attn_bwd_delta_kernel(
                 mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + b64 * stride_dob + h * stride_doh + pos * stride_dos + offs_d[None, :] * stride_dod,
                  mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + b64 * stride_lb + h * stride_lh + q_start + rows, tl.sum(o * do, 1), mask=rows < sq)
+    base = row_stat_base(b, h, tl.num_programs(2), seqlen_q, q_start, IS_VARLEN)
+    tl.store(DELTA + base + rows, tl.sum(o * do, 1), mask=rows < sq)
 
 
 @triton.jit
@@ -54,9 +57,6 @@ def attn_bwd_dkdv_kernel(
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_dob, stride_dos, stride_doh, stride_dod,
-    stride_dkb, stride_dks, stride_dkh, stride_dkd,
-    stride_dvb, stride_dvs, stride_dvh, stride_dvd,
-    stride_lb, stride_lh,
     stride_ab, stride_ah,
     seqlen_q, seqlen_k, group,
     sm_scale, softcap, window_left, window_right,
@@ -93,6 +93,8 @@ def attn_bwd_dkdv_kernel(
     lo = (lo // BLOCK_M) * BLOCK_M
     hi = tl.minimum(last_col - diag + window_left + 1, sq)
 
+    n_heads_k = tl.num_programs(2)
+    n_heads_q = n_heads_k * group
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(0, group):
@@ -102,8 +104,9 @@ def attn_bwd_dkdv_kernel(
             slope = tl.load(ALIBI + b * stride_ab + h * stride_ah)
         q_base = Q + b64 * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
         do_base = DO + b64 * stride_dob + h * stride_doh + offs_d[None, :] * stride_dod
-        lse_base = LSE + b64 * stride_lb + h * stride_lh + q_start
-        delta_base = DELTA + b64 * stride_lb + h * stride_lh + q_start
+        stat = row_stat_base(b, h, n_heads_q, seqlen_q, q_start, IS_VARLEN)
+        lse_base = LSE + stat
+        delta_base = DELTA + stat
         for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
             q_mask = (rows[:, None] < sq) & d_ok[None, :]
@@ -125,10 +128,10 @@ def attn_bwd_dkdv_kernel(
             dk += mm(dst.to(q.dtype), q, DOT_FP32, PREC)
 
     dk = dk * sm_scale
-    tl.store(DK + b64 * stride_dkb + hk * stride_dkh + kpos * stride_dks + offs_d[None, :] * stride_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b64 * stride_dvb + hk * stride_dvh + kpos * stride_dvs + offs_d[None, :] * stride_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+    tok = token_base(b, k_start, seqlen_k, IS_VARLEN) + cols
+    offs = (tok[:, None] * n_heads_k + hk) * HEAD_DIM + offs_d[None, :]
+    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -138,8 +141,6 @@ def attn_bwd_dq_kernel(
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_dob, stride_dos, stride_doh, stride_dod,
-    stride_dqb, stride_dqs, stride_dqh, stride_dqd,
-    stride_lb, stride_lh,
     stride_ab, stride_ah,
     seqlen_q, seqlen_k, group,
     sm_scale, softcap, window_left, window_right,
@@ -169,8 +170,10 @@ def attn_bwd_dq_kernel(
                 mask=q_mask, other=0.0)
     do = tl.load(DO + b64 * stride_dob + h * stride_doh + qpos * stride_dos + offs_d[None, :] * stride_dod,
                  mask=q_mask, other=0.0)
-    lse = _load_lse_log2(LSE + b64 * stride_lb + h * stride_lh + q_start, rows, sq)
-    delta = tl.load(DELTA + b64 * stride_lb + h * stride_lh + q_start + rows, mask=rows < sq, other=0.0)
+    n_heads_q = tl.num_programs(2)
+    stat = row_stat_base(b, h, n_heads_q, seqlen_q, q_start, IS_VARLEN)
+    lse = _load_lse_log2(LSE + stat, rows, sq)
+    delta = tl.load(DELTA + stat + rows, mask=rows < sq, other=0.0)
     slope = 0.0
     if HAS_ALIBI:
         slope = tl.load(ALIBI + b * stride_ab + h * stride_ah)
@@ -200,5 +203,6 @@ def attn_bwd_dq_kernel(
         dq += mm(ds.to(k.dtype), k, DOT_FP32, PREC)
 
     dq = dq * sm_scale
-    tl.store(DQ + b64 * stride_dqb + h * stride_dqh + qpos * stride_dqs + offs_d[None, :] * stride_dqd,
+    tok = token_base(b, q_start, seqlen_q, IS_VARLEN) + rows
+    tl.store(DQ + (tok[:, None] * n_heads_q + h) * HEAD_DIM + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=q_mask)

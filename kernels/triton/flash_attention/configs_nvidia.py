@@ -18,13 +18,13 @@ def _c(bm, bn, warps, stages):
 def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
     if dtype == torch.float32:  # fp32 dots run on FMA units ("ieee"): keep tiles small
         return [_c(64, 32, 4, 2), _c(32, 32, 4, 2)]
-    if head_dim <= 64:
-        return [_c(128, 64, 4, 3), _c(128, 128, 8, 3), _c(64, 64, 4, 3)]
+    if head_dim <= 64:  # 128x64 with 4 warps spills (32 bytes sm80, 8 sm90)
+        return [_c(128, 64, 8, 3), _c(64, 64, 4, 3), _c(128, 128, 8, 3)]
     if head_dim <= 128:
-        if capability[0] >= 9:
-            return [_c(128, 64, 8, 3), _c(128, 128, 8, 3), _c(128, 64, 4, 3)]
-        return [_c(128, 64, 4, 3), _c(128, 32, 4, 3), _c(64, 64, 4, 3)]
-    return [_c(64, 64, 4, 2), _c(128, 32, 8, 2), _c(64, 32, 4, 2)]
+        # 128x64 with 4 warps spills 128 bytes on sm80 (255 registers); 8 warps: 193, none.
+        return [_c(128, 64, 8, 3), _c(128, 128, 8, 3), _c(64, 64, 4, 3)]
+    # head_dim 256: 4 warps spill on both (64x64: 136 bytes sm80, 56 sm90; 64x32: 80 sm80).
+    return [_c(64, 64, 8, 2), _c(64, 32, 8, 2)]
 
 
 def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
@@ -34,7 +34,8 @@ def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, i
     if head_dim <= 64:
         return [_c(32, 64, 4, 2), _c(64, 64, 4, 2), _c(32, 128, 8, 2)]
     if head_dim <= 128:
-        return [_c(32, 64, 4, 2), _c(64, 64, 8, 2), _c(32, 128, 8, 2)]
+        # 4 warps spill on sm80 (and on sm90 with softcap/ALiBi); 8 warps do not.
+        return [_c(32, 64, 8, 2), _c(64, 64, 8, 2), _c(32, 128, 8, 2)]
     return [_c(32, 32, 4, 1), _c(16, 64, 4, 1)]
 
 

@@ -1,13 +1,15 @@
 """Flash attention forward kernel (online softmax, one program per (query block, batch, head)).
 
-Layout: q/k/v/out are [batch, seqlen, heads, head_dim] with any strides (varlen: [total,
-heads, head_dim] with batch stride 0 and sequence starts from cu_seqlens). lse is fp32,
-addressed as LSE + b*stride_lb + h*stride_lh + (q_start + row).
+Layout: q/k/v are [batch, seqlen, heads, head_dim] with any strides (varlen: [total, heads,
+head_dim] with batch stride 0 and sequence starts from cu_seqlens). out is contiguous like q
+and lse is contiguous fp32 [batch, heads, Sq] (varlen [heads, total_q]); their offsets are
+computed, not passed, because every scalar argument costs a scalar register (on AMD the
+attention kernels ran out of SGPRs with the extra strides).
 """
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mm, scores, seq_bounds, visible
+from ._common import LOG2E, mm, row_stat_base, scores, seq_bounds, token_base, visible
 
 
 @triton.jit
@@ -16,8 +18,6 @@ def attn_fwd_kernel(
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
-    stride_ob, stride_os, stride_oh, stride_od,
-    stride_lb, stride_lh,
     stride_ab, stride_ah,
     seqlen_q, seqlen_k, group,
     sm_scale, softcap, window_left, window_right,
@@ -84,7 +84,8 @@ def attn_fwd_kernel(
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
-    o_ptrs = (O + b64 * stride_ob + h * stride_oh
-              + (q_start + rows).to(tl.int64)[:, None] * stride_os + offs_d[None, :] * stride_od)
+    n_heads = tl.num_programs(2)
+    tok = token_base(b, q_start, seqlen_q, IS_VARLEN) + rows
+    o_ptrs = O + (tok[:, None] * n_heads + h) * HEAD_DIM + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(rows[:, None] < sq) & d_ok[None, :])
-    tl.store(LSE + b64 * stride_lb + h * stride_lh + q_start + rows, lse, mask=rows < sq)
+    tl.store(LSE + row_stat_base(b, h, n_heads, seqlen_q, q_start, IS_VARLEN) + rows, lse, mask=rows < sq)

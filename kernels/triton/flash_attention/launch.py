@@ -78,11 +78,14 @@ def _common_meta(q, softcap, alibi):
     d = q.shape[-1]
     return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
                 HAS_SOFTCAP=softcap > 0.0, HAS_ALIBI=alibi is not None,
-                DOT_FP32=dot_in_fp32(q.dtype), PREC="ieee" if q.dtype == torch.float32 else "tf32")
+                DOT_FP32=dot_in_fp32(q.dtype), PREC="ieee" if q.dtype == torch.float32 else None)
 
 
-def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int]:
-    return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+def _check_own(name: str, t: torch.Tensor, shape, dtype) -> None:
+    """Buffers the kernels write by computed offsets must be contiguous and exactly shaped."""
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous {dtype} tensor of shape {tuple(shape)}, "
+                         f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
 
 
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
@@ -94,7 +97,9 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
     varlen = cu_seqlens_q is not None
     if varlen:
         batch = cu_seqlens_q.numel() - 1
-        sq_arg, sk_arg = 0, 0
+        # Varlen kernels read lengths from cu_seqlens; the length arguments carry the totals
+        # (the row stride of the [heads, total_q] lse).
+        sq_arg, sk_arg = q.shape[0], k.shape[0]
         cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
         total_q, hq, d = q.shape
         lse_shape = (hq, total_q)
@@ -109,6 +114,8 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    _check_own("out", out, q.shape, q.dtype)
+    _check_own("lse", lse, lse_shape, torch.float32)
     if q.numel() == 0 or max_seqlen_q == 0:
         lse.fill_(float("-inf"))
         return out.zero_(), lse
@@ -116,8 +123,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
     alibi, sab, sah = _alibi_args(alibi_slopes, q)
     meta = _common_meta(q, softcap, alibi_slopes)
     args = (q, k, v, out, lse, cu_q, cu_k, alibi,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
-            *_lse_strides(lse, varlen), sab, sah,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), sab, sah,
             sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
 
     def launch(cfg: KernelConfig):
@@ -138,7 +144,7 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     varlen = cu_seqlens_q is not None
     if varlen:
         batch = cu_seqlens_q.numel() - 1
-        sq_arg, sk_arg = 0, 0
+        sq_arg, sk_arg = q.shape[0], k.shape[0]  # totals, as in forward()
         cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
         hq, d = q.shape[1], q.shape[2]
     else:
@@ -151,6 +157,8 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
+    for name, g, t in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        _check_own(name, g, t.shape, t.dtype)
     if q.numel() == 0 or k.numel() == 0 or max_seqlen_q == 0 or max_seqlen_k == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     lse = lse.contiguous()
@@ -158,19 +166,18 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     left, right = effective_window(causal, window_left, window_right)
     alibi, sab, sah = _alibi_args(alibi_slopes, q)
     meta = _common_meta(q, softcap, alibi_slopes)
-    lse_strides = _lse_strides(lse, varlen)
 
     block_d = meta["BLOCK_D"]
     delta_bm = 32 if interpreting() else max(16, min(128, 8192 // block_d))
     attn_bwd_delta_kernel[(triton.cdiv(max_seqlen_q, delta_bm), batch, hq)](
-        out, dout, delta, cu_q, *_strides(out, varlen), *_strides(dout, varlen), *lse_strides, sq_arg,
+        out, dout, delta, cu_q, *_strides(out, varlen), *_strides(dout, varlen), sq_arg,
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=delta_bm, IS_VARLEN=varlen)
 
-    tail = (*lse_strides, sab, sah, sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
+    tail = (sab, sah, sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
     qkv_do = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))
     dkdv_args = (q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, alibi,
-                 *qkv_do, *_strides(dk, varlen), *_strides(dv, varlen), *tail)
-    dq_args = (q, k, v, dout, lse, delta, dq, cu_q, cu_k, alibi, *qkv_do, *_strides(dq, varlen), *tail)
+                 *qkv_do, *tail)
+    dq_args = (q, k, v, dout, lse, delta, dq, cu_q, cu_k, alibi, *qkv_do, *tail)
 
     def launch_dkdv(cfg):
         grid = (triton.cdiv(max_seqlen_k, cfg.block_n), batch, hk)

@@ -1,0 +1,109 @@
+"""Codegen of the Triton flash attention kernels for sm80, sm90, gfx90a and gfx942 (no GPU
+needed): each vendor's default config must use the matrix instruction (mma.sync /
+wgmma.mma_async / v_mfma) and must not spill.
+
+The compiles run in one subprocess with TRITON_INTERPRET=0 (conftest turns the interpreter
+on for this process, and interpreted kernels cannot be compiled).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TARGET_NAMES = ("sm80", "sm90", "gfx90a", "gfx942")
+KINDS = ("fwd", "bwd_dkdv", "bwd_dq")
+# kind:dtype:head_dim:features ; features = varlen + softcap + alibi variant
+CASES = [f"{k}:{dt}:{d}:plain:{t}" for t in TARGET_NAMES for k in KINDS for d in (64, 128)
+         for dt in ("fp16", "bf16")]
+CASES += [f"fwd:fp16:256:plain:{t}" for t in TARGET_NAMES]
+CASES += [f"{k}:bf16:128:features:sm90" for k in KINDS]
+
+_MATRIX = {"sm80": "mma.sync", "sm90": "wgmma.mma_async", "gfx90a": "v_mfma", "gfx942": "v_mfma"}
+_ARCH = {"sm80": (8, 0), "sm90": (9, 0), "gfx90a": "gfx90a", "gfx942": "gfx942"}
+_DATA_PTRS = ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "LSE", "DELTA")
+
+
+def _compile_case(case: str, cfg=None) -> dict:
+    import torch
+
+    from codegen import compile_for
+    from polykernels.triton.flash_attention import backward, configs_amd, configs_nvidia, forward
+
+    kind, dt, d, variant, target = case.split(":")
+    d, features = int(d), variant == "features"
+    cfgs = configs_amd if target.startswith("gfx") else configs_nvidia
+    if cfg is None:  # the vendor default for this shape
+        cfg = getattr(cfgs, f"{kind}_configs")(d, getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[dt]),
+                                               _ARCH[target])[0]
+    kernel = {"fwd": forward.attn_fwd_kernel, "bwd_dkdv": backward.attn_bwd_dkdv_kernel,
+              "bwd_dq": backward.attn_bwd_dq_kernel}[kind]
+    block_d = 16
+    while block_d < d:
+        block_d *= 2
+    consts = dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  IS_VARLEN=features, HAS_SOFTCAP=features, HAS_ALIBI=features, DOT_FP32=False,
+                  PREC=None)
+    sig, cx, div16 = {}, {}, []
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name], cx[name] = "constexpr", consts[name]
+        elif name.startswith("stride_") and name.endswith("d"):
+            # head-dim strides are 1; the JIT specialises ints equal to 1 into constants.
+            sig[name], cx[name] = "constexpr", 1
+        elif name in _DATA_PTRS:
+            sig[name] = "*fp32" if name in ("LSE", "DELTA") else f"*{dt}"
+            div16.append(name)
+        elif name in ("CU_Q", "CU_K"):
+            sig[name] = "*i32"
+        elif name == "ALIBI":
+            sig[name] = "*fp32"
+        elif name in ("sm_scale", "softcap"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+            # batch/seq/head strides of [B, S, H, D] tensors are multiples of 16 for the
+            # head dims compiled here (what the JIT sees at run time).
+            if name.startswith("stride_") and not name.startswith(("stride_l", "stride_a")):
+                div16.append(name)
+    kwargs = {}
+    if "divisible_by_16" in inspect.signature(compile_for).parameters:
+        kwargs["divisible_by_16"] = tuple(div16)
+    c = compile_for(kernel, target, sig, cx, cfg.launch_options(), **kwargs)
+    return dict(has_matrix=_MATRIX[target] in c.asm, n_spills=c.n_spills, n_regs=c.n_regs,
+                shared=c.shared, config=str(cfg))
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Compile every case in one interpreter-free subprocess; {case: result or error}."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=here,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_codegen(compiled, case):
+    r = compiled[case]
+    assert "error" not in r, f"{case}: compile failed: {r.get('error')}"
+    target = case.split(":")[-1]
+    assert r["has_matrix"], f"{case} ({r['config']}): no '{_MATRIX[target]}' in the assembly"
+    assert r["n_spills"] == 0, f"{case} ({r['config']}): {r['n_spills']} spills, {r['n_regs']} registers"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    results = {}
+    for case in CASES:
+        try:
+            results[case] = _compile_case(case)
+        except Exception as e:  # reported per case by the parent test
+            results[case] = {"error": f"{type(e).__name__}: {str(e)[-1500:]}"}
+    print(json.dumps(results))

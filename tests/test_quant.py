@@ -81,9 +81,6 @@ def test_quantize_weight_round_trip(bits, symmetric, group_size, dtype):
     assert (lib - w_hat).abs().max() < 1e-6 * (1 + w_hat.abs().max())
 
 
-@pytest.mark.xfail(strict=True, reason="quant.quantize_weight (asymmetric) rounds the scale to bf16 to nearest, "
-                   "not up: the group's extremes are clamped and miss by up to ~1.5 steps "
-                   "(fix: round the stored scale up so the codes cover [lo, hi])")
 def test_quantize_weight_bf16_within_half_step_strict():
     torch.manual_seed(1)
     w = torch.randn(64, 256).to(torch.bfloat16)

@@ -50,6 +50,18 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
+def _stored_scale_not_below(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The scale as stored in ``dtype`` (returned in fp32), rounded *up* where rounding to
+    nearest would shrink it: a smaller stored scale would clamp the group's extreme values
+    and miss them by more than half a step."""
+    stored = scale.to(dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        # The next representable value above a positive 16-bit float is its bit pattern + 1.
+        bumped = (stored.view(torch.int16) + 1).view(dtype)
+        stored = torch.where(stored.to(torch.float32) < scale, bumped, stored)
+    return stored.to(torch.float32)
+
+
 def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128,
                     symmetric: bool = True):
     """Quantise a weight W [N, K] -> (qweight, scales, zeros or None); format in the module doc."""
@@ -66,7 +78,7 @@ def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128,
         qmax = 2 ** (bits - 1) - 1
         scale = wf.abs().amax(dim=-1, keepdim=True) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        scale = scale.to(w.dtype).to(torch.float32)  # quantise against the stored scale
+        scale = _stored_scale_not_below(scale, w.dtype)  # quantise against the stored scale
         q = torch.clamp(torch.round(wf / scale), -qmax, qmax)
         codes = (q + 2 ** (bits - 1)).to(torch.uint8)
         zeros = None
@@ -75,7 +87,7 @@ def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128,
         hi = wf.amax(dim=-1, keepdim=True).clamp(min=0)
         scale = (hi - lo) / top
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        scale = scale.to(w.dtype).to(torch.float32)
+        scale = _stored_scale_not_below(scale, w.dtype)
         z = torch.clamp(torch.round(-lo / scale), 0, top)
         codes = torch.clamp(torch.round(wf / scale) + z, 0, top).to(torch.uint8)
         zeros = z.reshape(n, g).to(w.dtype)

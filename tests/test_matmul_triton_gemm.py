@@ -82,11 +82,12 @@ def test_batched_foldable_and_not():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("splits", [2, 3])
-def test_split_k(dtype, splits):
-    # K=100: slices of whole 32-blocks (64+36 or 32+32+36), epilogue after the reduction.
-    a = torch.randn(5, 100, dtype=dtype)
-    b = torch.randn(100, 37, dtype=dtype)
+@pytest.mark.parametrize("splits,K", [(2, 100), (3, 130)])
+def test_split_k(dtype, splits, K):
+    # Slices of whole 32-blocks (64+36; 64+64+2), epilogue applied after the reduction.
+    assert gemm.k_slices(K, 32, splits)[0] == splits
+    a = torch.randn(5, K, dtype=dtype)
+    b = torch.randn(K, 37, dtype=dtype)
     _run(a, b, torch.randn(37, dtype=dtype), "gelu", name=f"split {splits}", split_k=splits)
 
 
@@ -131,3 +132,25 @@ def test_fp32_ieee_by_default():
     assert not torch.backends.cuda.matmul.allow_tf32
     assert gemm.precision_for(torch.float32) == "ieee"
     assert gemm.precision_for(torch.float16) is None
+
+
+def test_gpu_heuristics(monkeypatch):
+    """Config choice on a (pretend) H100: split-K only for skinny, long-K GEMMs; the
+    interpreter gets its single config."""
+    from polykernels.triton.matmul import configs
+    dev = torch.device("cpu")
+    assert configs.gemm_configs(dev, 64, 64, 64, torch.float16) == [configs.INTERPRETER]
+    assert configs.split_k(dev, 1, 4096, 4096, configs.INTERPRETER) == 1
+    monkeypatch.setattr(configs, "_vendor", lambda device: ("nvidia", (9, 0), 132))
+    skinny = configs.gemm_configs(dev, 16, 4096, 4096, torch.bfloat16)[0]
+    s = configs.split_k(dev, 16, 4096, 4096, skinny)
+    assert 1 < s <= 16, s
+    big = configs.gemm_configs(dev, 4096, 4096, 4096, torch.bfloat16)[0]
+    assert configs.split_k(dev, 4096, 4096, 4096, big) == 1
+    assert (big.block_m, big.block_n) == (128, 256)
+    gelu = configs.gemm_configs(dev, 4096, 4096, 4096, torch.bfloat16, act=2)[0]
+    assert gelu.block_n == 128  # 128x256 spills with the erf epilogue (codegen test)
+    assert gemm.k_slices(4096, 128, s)[0] == s
+    assert gemm.k_slices(100, 32, 3) == (2, 64)   # slices are whole blocks, none empty
+    assert gemm.k_slices(130, 32, 3) == (3, 64)   # 64 + 64 + 2
+    assert gemm.k_slices(0, 32, 4) == (1, 32)

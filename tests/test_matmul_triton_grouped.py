@@ -71,3 +71,19 @@ def test_supports_reasons():
     assert register.scaled_matmul_supports(i8, i8.to(torch.float8_e4m3fn), one, one, None,
                                            torch.bfloat16)
     assert register.grouped_matmul_supports(f32, f32[None], torch.ones(1)) is not None
+
+
+@pytest.mark.parametrize("vendor,arch,dtype,refused", [
+    ("nvidia", (8, 0), torch.float8_e4m3fn, True),     # no fp8 tensor cores before sm89
+    ("nvidia", (9, 0), torch.float8_e4m3fn, False),
+    ("nvidia", (9, 0), torch.float8_e4m3fnuz, True),   # fnuz is AMD's format
+    ("amd", "gfx942", torch.float8_e4m3fnuz, False),
+    ("amd", "gfx942", torch.float8_e4m3fn, True),      # would be emulated on CDNA3
+    ("amd", "gfx90a", torch.float8_e4m3fnuz, True),    # no fp8 MFMA on CDNA2
+])
+def test_scaled_fp8_supports_per_arch(monkeypatch, vendor, arch, dtype, refused):
+    monkeypatch.setattr(register, "_gpu", lambda device: (vendor, arch))
+    q = torch.zeros(4, 4, dtype=dtype)
+    one = torch.ones(())
+    reason = register.scaled_matmul_supports(q, q, one, one, None, torch.bfloat16)
+    assert (reason is not None) == refused, reason

@@ -1,0 +1,208 @@
+"""Attention (dense, fwd / bwd / fwd+bwd): every impl dispatch offers on the device vs
+``torch.nn.functional.scaled_dot_product_attention`` in the same run.
+
+Rows per case: "torch" (SDPA, its default backend choice: the baseline of every ratio), then
+"sdpa:<backend>" for each SDPA backend that runs the case on this device (flash, efficient,
+cudnn, math; via torch.nn.attention.sdpa_kernel), then each impl that ``timed_impls`` lists
+(chosen with pk.use; the Triton interpreter is never timed). max err is against the torch
+row's output (fwd) or gradients (bwd).
+
+FLOP model (FlashAttention's): fwd = 4 * B * Hq * Sq * Sk * D, halved when causal;
+bwd = 2.5 x fwd; fwd+bwd = 3.5 x fwd.
+
+CPU preset (issue-5 goals): B1 H8 S1024 D128, bf16 and fp32, causal and not, fwd and bwd
+(--quick: fwd only). GPU preset (GPU.md): 16k tokens per batch at seqlens 512..16k, head dims
+64/128/256 (heads = 2048 / D), causal and not, bf16 fwd (bwd and fwd+bwd at D128), the fp16
+16k D128 anchor, and the GQA shapes of Llama-3-8B (32/8, D128) and Qwen-2.5-7B (28/4, D128).
+A time budget (env POLYKERNELS_BENCH_ATTN_BUDGET_S, GPU default 120 s) keeps the run inside
+the GPU session; cases past it are listed as skipped, not silently dropped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import polykernels as pk
+from benchmarks.common import main_for, max_abs_err, time_ms, timed_impls
+
+GQA_MODELS = [("llama3-8b", 32, 8), ("qwen2.5-7b", 28, 4)]
+# The pure-torch reference materialises [B, H, Sq, Sk] fp32 scores: time it only below this.
+_REFERENCE_MAX_SCORE_BYTES = 1 << 30
+# SDPA's math backend materialises the scores too.
+_MATH_MAX_SCORE_BYTES = 2 << 30
+
+
+def _sdpa_backends(device: torch.device) -> list[tuple[str, object]]:
+    from torch.nn.attention import SDPBackend
+    names = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
+    if device.type != "cuda":
+        names = ["FLASH_ATTENTION", "MATH"]  # the CPU builds have these two
+    return [(n.split("_")[0].lower(), getattr(SDPBackend, n)) for n in names if hasattr(SDPBackend, n)]
+
+
+def _sdpa_fn(q, k, v, causal):
+    """SDPA on [B, S, H, D] tensors (transposed views, as a model would pass them)."""
+    gqa = q.shape[2] != k.shape[2]
+
+    def fn():
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=causal, enable_gqa=gqa)
+        return o.transpose(1, 2)
+    return fn
+
+
+def _reps(device, flops):
+    if device.type == "cuda":
+        return {}
+    return dict(warmup=1, rep=3) if flops > 5e10 else dict(warmup=2, rep=5)
+
+
+class _Budget:
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.skipped: list[str] = []
+
+    def spent(self, label: str) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.skipped.append(label)
+            return True
+        return False
+
+
+def _grads(fn, inputs, dout):
+    out = fn()
+    return lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+
+def bench_case(report, device, b, s, hq, hk, d, dtype, causal, passes=("fwd",), label=""):
+    """One shape: rows for torch, each SDPA backend and each dispatchable impl, per pass."""
+    q = torch.randn(b, s, hq, d, dtype=dtype, device=device, requires_grad=True)
+    k = torch.randn(b, s, hk, d, dtype=dtype, device=device, requires_grad=True)
+    v = torch.randn(b, s, hk, d, dtype=dtype, device=device, requires_grad=True)
+    dout = torch.randn(b, s, hq, d, dtype=dtype, device=device)
+    inputs = (q, k, v)
+    fwd_flops = 4.0 * b * hq * s * s * d * (0.5 if causal else 1.0)
+    shape = (f"{label}B{b} H{hq}/{hk} S{s} D{d} {str(dtype)[6:]} {'causal' if causal else 'full'}")
+    score_bytes = 4.0 * b * hq * s * s
+    torch_fwd = _sdpa_fn(q, k, v, causal)
+    pk_fwd = lambda: pk.attention(q, k, v, causal=causal)  # noqa: E731
+
+    for p in passes:
+        flops = fwd_flops * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[p]
+        op = f"attention {p}"
+        reps = _reps(device, flops)
+
+        def timed(fwd):
+            if p == "fwd":
+                with torch.no_grad():
+                    return fwd, fwd
+            if p == "bwd":
+                return _grads(fwd, inputs, dout), (lambda: torch.autograd.grad(fwd(), inputs, dout))
+            return (lambda: torch.autograd.grad(fwd(), inputs, dout)), (lambda: torch.autograd.grad(fwd(), inputs, dout))
+
+        def result(call):
+            if p == "fwd":
+                with torch.no_grad():
+                    return call()
+            return call()
+
+        fn, check = timed(torch_fwd)
+        want = result(check)
+        report.add(op=op, shape=shape, impl="torch", ms=_time(fn, device, reps, p), flops=flops)
+        for name, backend in _sdpa_backends(device):
+            if name == "math" and score_bytes > _MATH_MAX_SCORE_BYTES:
+                continue
+            from torch.nn.attention import sdpa_kernel
+            try:
+                with sdpa_kernel(backend):
+                    fn, check = timed(torch_fwd)
+                    got = result(check)
+                    ms = _time(fn, device, reps, p)
+            except Exception as e:  # this backend does not run this case here
+                report.add(op=op, shape=shape, impl=f"sdpa:{name}", ms=float("nan"),
+                           note=f"unavailable: {str(e).splitlines()[0][:60]}")
+                continue
+            report.add(op=op, shape=shape, impl=f"sdpa:{name}", ms=ms, flops=flops, baseline="torch",
+                       max_err=_err(got, want))
+        ops = ["attention"] if p == "fwd" else ["attention", "attention_backward"]
+        impls = timed_impls("attention" if p != "bwd" else "attention_backward", device)
+        for impl in impls:
+            if impl == "reference" and score_bytes > _REFERENCE_MAX_SCORE_BYTES:
+                continue
+            choice = {o: impl for o in ops if impl in timed_impls(o, device)}
+            try:
+                with pk.use(**choice):
+                    fn, check = timed(pk_fwd)
+                    got = result(check)
+                    ms = _time(fn, device, reps, p)
+            except Exception as e:  # an impl that refuses this case: say so, keep going
+                report.add(op=op, shape=shape, impl=impl, ms=float("nan"), note=f"failed: {e}"[:80])
+                continue
+            report.add(op=op, shape=shape, impl=impl, ms=ms, flops=flops, baseline="torch",
+                       max_err=_err(got, want))
+
+
+def _time(fn, device, reps, p):
+    if p == "fwd":
+        with torch.no_grad():
+            return time_ms(fn, device, **reps)
+    return time_ms(fn, device, **reps)
+
+
+def _err(got, want) -> float:
+    if isinstance(got, torch.Tensor):
+        return max_abs_err(got, want)
+    return max(max_abs_err(g, w) for g, w in zip(got, want))
+
+
+def _cpu_preset(report, device, quick):
+    # Issue-5 CPU goals: B1 H8 S1024 D128, bf16 / fp32, causal and not (--quick: fwd only).
+    for dtype in (torch.bfloat16, torch.float32):
+        for causal in (False, True):
+            bench_case(report, device, 1, 1024, 8, 8, 128, dtype, causal,
+                       passes=("fwd",) if quick else ("fwd", "bwd"))
+
+
+def _gpu_preset(report, device, quick):
+    budget = _Budget(float(os.environ.get("POLYKERNELS_BENCH_ATTN_BUDGET_S", "120")))
+    tokens = 16384
+    seqlens = (1024, 4096) if quick else (512, 1024, 2048, 4096, 8192, 16384)
+
+    def sweep(d, passes):
+        return [(tokens // s, s, 2048 // d, 2048 // d, d, torch.bfloat16, causal, passes, "")
+                for s in seqlens for causal in (False, True)]
+
+    # Most important first: the budget cuts from the end.
+    cases = sweep(128, ("fwd", "bwd"))
+    # FlashAttention-3 / cuDNN anchors in GPU.md are fp16, hd128, 16k, non-causal.
+    cases.append((1, 16384, 16, 16, 128, torch.float16, False, ("fwd",), "anchor "))
+    for name, hq, hk in GQA_MODELS:
+        for causal in (True, False):
+            cases.append((4, 4096, hq, hk, 128, torch.bfloat16, causal, ("fwd", "bwd"), f"{name} "))
+    if not quick:
+        cases += sweep(64, ("fwd",)) + sweep(256, ("fwd",))
+    cases += sweep(128, ("fwd+bwd",))
+    for b, s, hq, hk, d, dtype, causal, passes, label in cases:
+        if budget.spent(f"{label}B{b} S{s} D{d} {'causal' if causal else 'full'}"):
+            continue
+        bench_case(report, device, b, s, hq, hk, d, dtype, causal, passes, label)
+        torch.cuda.empty_cache()
+    if budget.skipped:
+        print(f"bench_attention: time budget spent; skipped {len(budget.skipped)} cases: "
+              f"{', '.join(budget.skipped)}", file=sys.stderr)
+        report.meta["attention_skipped"] = budget.skipped
+
+
+def run(report, device, quick: bool) -> None:
+    if device.type != "cuda":
+        _cpu_preset(report, device, quick)
+    else:
+        _gpu_preset(report, device, quick)
+
+
+if __name__ == "__main__":
+    main_for(run)

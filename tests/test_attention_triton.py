@@ -43,22 +43,22 @@ def _ids(c):
             f"-w{w[0]}_{w[1]}-cap{sc:g}-alibi{al}-{lay}")
 
 
-def _alibi(kind, b, h):
+def _alibi(kind, b, h, device="cpu"):
     if kind is None:
         return None
-    return torch.rand(h) if kind == "h" else torch.rand(b, h)
+    return torch.rand(h, device=device) if kind == "h" else torch.rand(b, h, device=device)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_forward_backward(case):
+def check_forward_backward(case, device="cpu"):
+    """Forward + backward of one case vs the fp64 reference, outputs poisoned with NaN."""
     b, sq, sk, hq, hk, d, dt, causal, (wl, wr), softcap, al, layout = case
-    q, k, v = make_qkv(b, sq, sk, hq, hk, d, dt, layout)
-    alibi = _alibi(al, b, hq)
+    q, k, v = make_qkv(b, sq, sk, hq, hk, d, dt, layout, device)
+    alibi = _alibi(al, b, hq, device)
     scale = d ** -0.5
     args = (causal, scale, wl, wr, softcap, alibi)
 
-    out = torch.full(q.shape, float("nan"), dtype=q.dtype)
-    lse = torch.full((b, hq, sq), float("nan"))
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=device)
+    lse = torch.full((b, hq, sq), float("nan"), device=device)
     got, got_lse = launch.forward(q, k, v, None, None, 0, 0, *args, out=out, lse=lse)
     assert got.data_ptr() == out.data_ptr() and got.dtype == dt
     want, want_lse = ref.attention(q.double(), k.double(), v.double(), *args)
@@ -67,7 +67,7 @@ def test_forward_backward(case):
     assert_lse(got_lse, want_lse)
 
     dout = torch.randn_like(got)
-    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype) for t in (q, k, v)]
+    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype, device=device) for t in (q, k, v)]
     dq, dk, dv = launch.backward(dout, q, k, v, got, got_lse, None, None, 0, 0, *args,
                                  dq=grads[0], dk=grads[1], dv=grads[2])
     want_g = ref.attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None, *args)
@@ -76,6 +76,27 @@ def test_forward_backward(case):
     for name, g, w, bl in zip(("dq", "dk", "dv"), (dq, dk, dv), want_g, (qb.grad, kb.grad, vb.grad)):
         assert g.shape == w.shape and g.dtype == dt
         assert_close_budget(name, g, w, bl, 3, dt)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_backward(case):
+    check_forward_backward(case)
+
+
+# On a GPU (-m gpu; compiled kernels, the vendor configs): the same cases plus sizes that
+# cross many blocks of the real tile shapes.
+GPU_CASES = CASES + [
+    (2, 1000, 1000, 8, 2, 128, BF16, True, (-1, -1), 0.0, None, "bshd"),
+    (1, 2048, 1500, 4, 4, 64, F16, False, (256, 64), 0.0, "h", "bhsd"),
+    (2, 777, 1024, 4, 1, 256, BF16, True, (-1, -1), 20.0, None, "bshd"),
+    (1, 513, 513, 4, 2, 80, F32, True, (-1, -1), 0.0, "bh", "strided"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=_ids)
+def test_forward_backward_gpu(case):
+    check_forward_backward(case, "cuda")
 
 
 def test_registered_signatures_match_reference():

@@ -11,26 +11,26 @@ import torch
 FLOOR = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
-def make_qkv(b, sq, sk, hq, hk, d, dtype, layout="bshd"):
+def make_qkv(b, sq, sk, hq, hk, d, dtype, layout="bshd", device="cpu"):
     """Fresh random q [b, sq, hq, d], k/v [b, sk, hk, d] with the requested memory layout:
     "bshd" contiguous; "bhsd" transposed views of [b, h, s, d]; "strided" slices of wider
     tensors (head_dim and sequence strides that are not the dense ones)."""
     def one(s, h):
         if layout == "bshd":
-            return torch.randn(b, s, h, d, dtype=dtype)
+            return torch.randn(b, s, h, d, dtype=dtype, device=device)
         if layout == "bhsd":
-            return torch.randn(b, h, s, d, dtype=dtype).transpose(1, 2)
+            return torch.randn(b, h, s, d, dtype=dtype, device=device).transpose(1, 2)
         if layout == "strided":
-            return torch.randn(b, 2 * s + 1, h, d + 8, dtype=dtype)[:, 1::2, :, 3:3 + d]
+            return torch.randn(b, 2 * s + 1, h, d + 8, dtype=dtype, device=device)[:, 1::2, :, 3:3 + d]
         raise ValueError(layout)
     return one(sq, hq), one(sk, hk), one(sk, hk)
 
 
-def visibility(sq, sk, causal, wl, wr):
+def visibility(sq, sk, causal, wl, wr, device="cpu"):
     """(visible [sq, sk], d [sq, sk]) per DESIGN.md: d = i + Sk - Sq - j, -right <= d <= left."""
-    d = torch.arange(sq)[:, None] + (sk - sq) - torch.arange(sk)[None, :]
+    d = torch.arange(sq, device=device)[:, None] + (sk - sq) - torch.arange(sk, device=device)[None, :]
     right = 0 if causal else wr
-    vis = torch.ones(sq, sk, dtype=torch.bool)
+    vis = torch.ones(sq, sk, dtype=torch.bool, device=device)
     if wl >= 0:
         vis &= d <= wl
     if right >= 0:
@@ -45,7 +45,7 @@ def torch_same_dtype(q, k, v, causal, scale, wl, wr, softcap, alibi):
     sk = k.shape[1]
     g = hq // k.shape[2]
     k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
-    vis, dist = visibility(sq, sk, causal, wl, wr)
+    vis, dist = visibility(sq, sk, causal, wl, wr, q.device)
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)

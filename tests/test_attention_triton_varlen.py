@@ -30,25 +30,39 @@ def _cu(lens):
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_varlen_forward_backward(case):
+    check_varlen(case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES + [
+    ([1000, 1, 0, 513, 2048], [1200, 700, 30, 513, 2048], 8, 2, 128, BF16, True, (-1, -1), 0.0, None),
+    ([300, 1024], [300, 1024], 4, 4, 256, F16, False, (128, 0), 15.0, "h"),
+], ids=_ids)
+def test_varlen_forward_backward_gpu(case):
+    check_varlen(case, "cuda")
+
+
+def check_varlen(case, device="cpu"):
     lq, lk, hq, hk, d, dt, causal, (wl, wr), softcap, al = case
     b = len(lq)
-    cu_q, cu_k = _cu(lq), _cu(lk)
+    cu_q, cu_k = _cu(lq).to(device), _cu(lk).to(device)
     # q as a non-contiguous view (transposed [H, T, D]); k/v packed normally.
-    q = torch.randn(hq, sum(lq), d, dtype=dt).transpose(0, 1)
-    k = torch.randn(sum(lk), hk, d, dtype=dt)
-    v = torch.randn(sum(lk), hk, d, dtype=dt)
-    alibi = None if al is None else (torch.rand(hq) if al == "h" else torch.rand(b, hq))
+    q = torch.randn(hq, sum(lq), d, dtype=dt, device=device).transpose(0, 1)
+    k = torch.randn(sum(lk), hk, d, dtype=dt, device=device)
+    v = torch.randn(sum(lk), hk, d, dtype=dt, device=device)
+    alibi = None if al is None else (torch.rand(hq, device=device) if al == "h"
+                                     else torch.rand(b, hq, device=device))
     args = (causal, d ** -0.5, wl, wr, softcap, alibi)
     shape = (cu_q, cu_k, max(lq), max(lk))
 
-    out = torch.full(q.shape, float("nan"), dtype=q.dtype)
-    lse = torch.full((hq, sum(lq)), float("nan"))
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=device)
+    lse = torch.full((hq, sum(lq)), float("nan"), device=device)
     got, got_lse = launch.forward(q, k, v, *shape, *args, out=out, lse=lse)
     want, want_lse = ref.varlen_attention(q.double(), k.double(), v.double(), *shape, *args)
     assert_lse(got_lse, want_lse)
 
     dout = torch.randn_like(q)
-    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype) for t in (q, k, v)]
+    grads = [torch.full(t.shape, float("nan"), dtype=t.dtype, device=device) for t in (q, k, v)]
     dq, dk, dv = launch.backward(dout, q, k, v, got, got_lse, *shape, *args,
                                  dq=grads[0], dk=grads[1], dv=grads[2])
     want_g = ref.varlen_attention_backward(dout.double(), q.double(), k.double(), v.double(),

@@ -39,10 +39,12 @@ def _gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, ws_ptr,
     pid_z = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Out-of-range rows/cols read row 0 / col 0 instead of being masked: their results are
-    # dropped at the store, and unmasked loads keep the global->shared copies vectorised.
-    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
-    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    # Out-of-range rows/cols wrap to rows/cols < M/N instead of being masked: their results
+    # are dropped at the store, and unmasked loads stay vectorised. No max_contiguous hint:
+    # the wrap breaks contiguity at M/N, so claiming BLOCK-wide runs would vectorise reads
+    # past the end of the tensor; Triton derives runs of 16 itself when N % 16 == 0.
+    rm = offs_m % M
+    rn = offs_n % N
     rk = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_SPLIT
     k_hi = tl.minimum(K, k_lo + K_SPLIT)

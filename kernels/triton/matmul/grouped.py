@@ -50,7 +50,7 @@ def _grouped_gemm_kernel(x_ptr, w_ptr, c_ptr, sizes_ptr, N, K, E, TILES_M,
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         # Rows past this expert's group read the tile's first row (results not stored).
         rm = tl.where(offs_m < row_hi, offs_m, row_lo)
-        rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+        rn = offs_n % N
         rk = tl.arange(0, BLOCK_K)
         x_ptrs = x_ptr + rm[:, None] * stride_xt + rk[None, :] * stride_xk
         w_ptrs = (w_ptr + expert.to(tl.int64) * stride_we + rk[:, None] * stride_wk

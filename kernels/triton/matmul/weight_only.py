@@ -39,8 +39,8 @@ def _weight_only_kernel(x_ptr, q_ptr, s_ptr, z_ptr, c_ptr, bias_ptr, ws_ptr,
     pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
-    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    rm = offs_m % M
+    rn = offs_n % N
     rk = tl.arange(0, BLOCK_K)
     k_lo = pid_k * K_SPLIT
     k_hi = tl.minimum(K, k_lo + K_SPLIT)

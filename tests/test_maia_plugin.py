@@ -79,7 +79,8 @@ def test_maia_tensors_work(maia):
     assert t["device"] == "maia:0" and t["is_maia_type"]
     assert t["empty_is_poisoned"], "fresh maia memory should be NaN-poisoned by the simulator"
     for check in ("roundtrip_exact", "add", "inplace_add", "transpose", "strided_slice",
-                  "reshape", "copy_between_maia", "item", "arange", "randn_not_constant"):
+                  "reshape", "copy_between_maia", "item", "write_through_view", "view_dtype",
+                  "arange", "randn_not_constant"):
         assert t[check], f"maia tensor check {check!r} failed"
     assert t["allocations_grew"]
 
@@ -233,6 +234,10 @@ def _child_tensors(torch, pm):
     z.add_(y)
     w = torch.empty(4, 6, device=dev)
     w.copy_(x)
+    u = x.clone()
+    u[1:3, ::2].fill_(7.0)            # an in-place op on a strided view must reach the base
+    uc = xc.clone()
+    uc[1:3, ::2] = 7.0
     return {
         "device": str(x.device), "is_maia_type": x.device.type == "maia",
         "empty_is_poisoned": bool(torch.isnan(torch.empty(7, device=dev).cpu()).all()),
@@ -244,6 +249,8 @@ def _child_tensors(torch, pm):
         "reshape": torch.equal(x.reshape(3, 8).cpu(), xc.reshape(3, 8)),
         "copy_between_maia": torch.equal(w.cpu(), xc),
         "item": x[2, 3].item() == xc[2, 3].item(),
+        "write_through_view": torch.equal(u.cpu(), uc),
+        "view_dtype": torch.equal(x.view(torch.int32).cpu(), xc.view(torch.int32)),
         "arange": torch.equal(torch.arange(5, device=dev).cpu(), torch.arange(5)),
         "randn_not_constant": bool(xc.std() > 0.1),
         "allocations_grew": pm.allocations() > a0,

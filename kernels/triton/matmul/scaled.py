@@ -50,7 +50,11 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
             # fp8 masked loads need a float `other` (an int 0 fails to compile; TRAPS.md).
             a = tl.load(a_ptrs, mask=(k + rk)[None, :] < K, other=0.0)
             b = tl.load(b_ptrs, mask=(k + rk)[:, None] < K, other=0.0)
-        acc = tl.dot(a, b, acc)
+        if IS_INT:
+            # Triton 3.6 insists on out_dtype matching an int32 accumulator.
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     acc = acc.to(tl.float32)

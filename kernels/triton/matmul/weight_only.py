@@ -49,20 +49,28 @@ def _weight_only_kernel(x_ptr, q_ptr, s_ptr, z_ptr, c_ptr, bias_ptr, ws_ptr,
         offs_k = k + rk
         kmask = offs_k < k_hi
         x_ptrs = x_ptr + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk
-        if BITS == 4:
-            # Each byte holds k = 2j (low nibble) and 2j+1 (high): read byte k // 2 for
-            # every k and shift; the duplicate byte reads hit the same cache line.
-            q_ptrs = q_ptr + rn[None, :] * stride_qn + (offs_k // 2)[:, None] * stride_qk
-        else:
-            q_ptrs = q_ptr + rn[None, :] * stride_qn + offs_k[:, None] * stride_qk
         if EVEN_K:
             x = tl.load(x_ptrs)
-            q = tl.load(q_ptrs)
         else:
             x = tl.load(x_ptrs, mask=kmask[None, :], other=0.0)
-            q = tl.load(q_ptrs, mask=kmask[:, None], other=0)
         if BITS == 4:
-            q = (q >> ((offs_k % 2) * 4).to(tl.uint8)[:, None]) & 0xF
+            # Byte j of the K-block holds k = 2j (low nibble) and 2j+1 (high); k is even
+            # here (blocks start at multiples of BLOCK_K) and so is K. Load the packed
+            # [BLOCK_K/2, BLOCK_N] bytes once and interleave the nibbles back to k order.
+            offs_h = k // 2 + tl.arange(0, BLOCK_K // 2)
+            q_ptrs = q_ptr + rn[None, :] * stride_qn + offs_h[:, None] * stride_qk
+            if EVEN_K:
+                p = tl.load(q_ptrs)
+            else:
+                p = tl.load(q_ptrs, mask=(2 * offs_h < k_hi)[:, None], other=0)
+            q = tl.join(p & 0xF, p >> 4)  # [BLOCK_K/2, BLOCK_N, 2]: (j, n, k - 2j)
+            q = tl.reshape(tl.permute(q, (0, 2, 1)), (BLOCK_K, BLOCK_N))
+        else:
+            q_ptrs = q_ptr + rn[None, :] * stride_qn + offs_k[:, None] * stride_qk
+            if EVEN_K:
+                q = tl.load(q_ptrs)
+            else:
+                q = tl.load(q_ptrs, mask=kmask[:, None], other=0)
         u = q.to(tl.float32)  # [BLOCK_K, BLOCK_N] codes
         if TILE_SCALE:
             # BLOCK_K divides the group size: the whole K-block shares one group.

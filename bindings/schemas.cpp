@@ -14,4 +14,9 @@ TORCH_LIBRARY(polykernels_C, m) {
   // --- CPU matmul / quantized linear (issue 5) ---
 
   // --- CUDA paged decode (issue 4) ---
+  // Implemented for the CUDA key only (bindings/paged_attention_cuda.cpp, CUDA builds);
+  // fp16/bf16, head_dim 64/128/256, q_len * heads_q / heads_kv <= 16. num_splits >= 1.
+  m.def("cuda_paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
+        "float softmax_scale, int window_left, float softcap, Tensor? alibi_slopes, int num_splits) "
+        "-> (Tensor, Tensor)");
 }

@@ -19,6 +19,7 @@ BUILTIN_IMPL_MODULES = [
     "polykernels.triton.matmul.register",  # issue 6: Triton matmul family
     "polykernels.triton.flash_attention.register",  # issue 3: Triton flash attention fwd/bwd
     "polykernels.triton.paged_attention.register",  # issue 4: Triton paged decode
+    "polykernels.cuda.register",  # issue 4: CUDA C++ paged decode
     "polykernels.reference.register",
     "polykernels.cpu.register_merge",
 ]

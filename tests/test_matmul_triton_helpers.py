@@ -35,7 +35,7 @@ def check(out: torch.Tensor, oracle: torch.Tensor, baseline: torch.Tensor, name:
             f"{r[where].item():.6g}) > tolerance {tol:.3e} (torch baseline error {base:.3e})")
 
 
-def poisoned(shape, dtype) -> torch.Tensor:
+def poisoned(shape, dtype, device="cpu") -> torch.Tensor:
     """An output buffer filled with NaN (or the largest int) so unwritten elements show."""
-    t = torch.empty(shape, dtype=dtype)
+    t = torch.empty(shape, dtype=dtype, device=device)
     return t.fill_(float("nan")) if dtype.is_floating_point else t.fill_(torch.iinfo(dtype).max)

@@ -140,6 +140,7 @@ CASES = [
     (2, 9, 14, 4, 2, 8, {"alibi": "h"}),
     (2, 9, 14, 4, 1, 8, {"alibi": "bh", "causal": True}),   # MQA
     (1, 7, 10, 6, 2, 24, {"softcap": 1.5, "alibi": "h", "window": (3, 1)}),
+    (1, 113, 113, 2, 1, 5, {"causal": True, "window": (17, -1)}),
 ]
 
 

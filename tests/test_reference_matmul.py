@@ -77,10 +77,14 @@ def test_matmul_batched_transposed_b_out_dtype(out_dtype):
     assert_close("batched", got, want, 1e-2 * (1 + want.abs().max().item()))
 
 
-def test_matmul_size_one():
-    a = torch.randn(1, 1, dtype=torch.float64)
-    b = torch.randn(1, 1, dtype=torch.float64)
-    assert_close("1x1", ref.matmul(a, b, None, "relu", None), act64(a @ b, "relu"), 1e-12)
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (113, 17, 5), (1, 113, 3)])
+def test_matmul_awkward_sizes(mkn):
+    m, k, n = mkn
+    a = torch.randn(m, k, dtype=torch.float64)
+    b = torch.randn(k, n, dtype=torch.float64)
+    bias = torch.randn(n, dtype=torch.float64)
+    want = act64(a @ b + bias, "relu")
+    assert_close(f"{mkn}", ref.matmul(a, b, bias, "relu", None), want, 1e-12 * (1 + want.abs().max().item()))
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))

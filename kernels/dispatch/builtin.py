@@ -22,6 +22,7 @@ BUILTIN_IMPL_MODULES = [
     "polykernels.cuda.register",  # issue 4: CUDA C++ paged decode
     "polykernels.reference.register",
     "polykernels.cpu.register_merge",
+    "polykernels.cpu.register_attention",  # issue 5 part 1: C++ CPU attention / paged / KV write
 ]
 
 

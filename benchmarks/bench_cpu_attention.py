@@ -1,0 +1,109 @@
+"""CPU attention kernels (impl "cpp") vs torch in the same run, timings interleaved.
+
+The shared CPU is noisy (other processes), so each case alternates one call of every
+contender per round and reports the median per contender: the ratio "vs torch" compares
+calls made under the same load.
+
+Prefill (issue-5 goals): B1 H8 S1024 D128, bf16 and fp32, causal and not; baseline
+torch SDPA on [B, H, S, D] views. FLOPs = 4 * B * H * Sq * Sk * D (halved when causal).
+Decode: 8 sequences x 4096 context, 32 query / 8 KV heads, D128, bf16 paged cache
+(block 16); baseline = torch gather of the blocks + SDPA (enable_gqa). Bytes = K + V cache
+bytes the sequences cover (each read once); % peak = of the copy bandwidth measured now.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err
+
+
+def _interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _prefill(report, quick):
+    C = torch.ops.polykernels_C
+    B, H, S, D = (1, 8, 256, 128) if quick else (1, 8, 1024, 128)
+    for dtype in (torch.bfloat16, torch.float32):
+        q, k, v = (torch.randn(B, H, S, D, dtype=dtype).transpose(1, 2) for _ in range(3))
+        for causal in (False, True):
+            scale = 1 / math.sqrt(D)
+            fns = {
+                "torch": lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                                v.transpose(1, 2), is_causal=causal),
+                "cpp": lambda: C.cpu_attention_fwd(q, k, v, causal, scale, -1, -1, 0.0, None),
+            }
+            ms = _interleaved(fns, rounds=3 if quick else 9)
+            err = max_abs_err(fns["cpp"]()[0], fns["torch"]().transpose(1, 2))
+            flops = 4 * B * H * S * S * D / (2 if causal else 1)
+            shape = f"B{B} H{H} S{S} D{D} {str(dtype)[6:]} {'causal' if causal else 'full'}"
+            report.add(op="attention", shape=shape, impl="torch", ms=ms["torch"], flops=flops)
+            report.add(op="attention", shape=shape, impl="cpp", ms=ms["cpp"], flops=flops,
+                       baseline="torch", max_err=err)
+
+
+def _decode(report, quick, device):
+    C = torch.ops.polykernels_C
+    S, ctx, Hq, Hk, D, bs = (8, 1024, 32, 8, 128, 16) if quick else (8, 4096, 32, 8, 128, 16)
+    dtype = torch.bfloat16
+    nb = S * ctx // bs
+    k_cache = torch.randn(nb, bs, Hk, D, dtype=dtype)
+    v_cache = torch.randn(nb, bs, Hk, D, dtype=dtype)
+    block_table = torch.randperm(nb, dtype=torch.int32).reshape(S, ctx // bs)
+    seq_lens = torch.full((S,), ctx, dtype=torch.int32)
+    q = torch.randn(S, 1, Hq, D, dtype=dtype)
+    scale = 1 / math.sqrt(D)
+
+    def torch_gather_sdpa():
+        bt = block_table.long()
+        k = k_cache[bt].reshape(S, ctx, Hk, D).transpose(1, 2)
+        v = v_cache[bt].reshape(S, ctx, Hk, D).transpose(1, 2)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, enable_gqa=True).transpose(1, 2)
+
+    fns = {"torch": torch_gather_sdpa,
+           "cpp": lambda: C.cpu_paged_attention(q, k_cache, v_cache, block_table, seq_lens, scale, -1, -1,
+                                                0.0, None, 1.0, 1.0)}
+    # fp8 cache: half the bytes (values / scale, scale 1 here: randn fits e4m3's range)
+    k8, v8 = k_cache.float().to(torch.float8_e4m3fn), v_cache.float().to(torch.float8_e4m3fn)
+    fns["cpp fp8 cache"] = lambda: C.cpu_paged_attention(q, k8, v8, block_table, seq_lens, scale, -1, -1,
+                                                         0.0, None, 1.0, 1.0)
+    bw = copy_bandwidth_gbs(device)
+    ms = _interleaved(fns, rounds=5 if quick else 15)
+    err = max_abs_err(fns["cpp"]()[0], fns["torch"]())
+    nbytes = 2 * S * ctx * Hk * D * 2
+    shape = f"seqs{S} ctx{ctx} {Hq}q/{Hk}kv D{D} bf16 block{bs}"
+    report.add(op="paged_attention", shape=shape, impl="torch", ms=ms["torch"], nbytes=nbytes, peak_gbs=bw,
+               note="gather + SDPA")
+    report.add(op="paged_attention", shape=shape, impl="cpp", ms=ms["cpp"], nbytes=nbytes, peak_gbs=bw,
+               baseline="torch", max_err=err, note=f"copy bw {bw:.1f} GB/s")
+    report.add(op="paged_attention", shape=shape, impl="cpp fp8 cache", ms=ms["cpp fp8 cache"],
+               nbytes=nbytes // 2, peak_gbs=bw, baseline="torch")
+
+
+def run(report, device, quick: bool) -> None:
+    if torch.device(device).type != "cpu":
+        return  # CPU kernels only
+    from polykernels import _extension
+    if _extension.unavailable_reason():
+        print(f"bench_cpu_attention: skipped: {_extension.unavailable_reason()}")
+        return
+    _prefill(report, quick)
+    _decode(report, quick, device)
+
+
+if __name__ == "__main__":
+    main_for(run)

@@ -1,0 +1,82 @@
+// AVX2 + FMA path of the CPU attention kernels: fp32 compute (bf16/fp16 converted while
+// packing), 8 lanes, key blocks of 24 (4 x 3 accumulators + operands fit 16 ymm registers).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+
+#include "attention_isa.h"
+#include "dtype_convert.h"
+
+// Everything below is compiled for AVX2/FMA/F16C only; the dispatcher calls it only when the
+// CPU has those (pk::cpu::active_isa()). Headers are included above so that no inline
+// function shared with other translation units is compiled for this target.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace pk::cpu::attn {
+namespace {
+
+struct Vec256 {
+  using reg = __m256;
+  static constexpr int W = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static float reduce_max(reg v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  static float reduce_add(reg v) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  // Cephes-style expf: exp(x) = 2^n * e^r, |r| <= ln2/2, degree-6 polynomial (~1 ulp);
+  // x < -87.33 (including -inf) gives exactly 0, as masked scores need.
+  static reg exp(reg x) {
+    const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654f));
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i n = _mm256_cvtps_epi32(fx);
+    const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+    return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, pow2n));
+  }
+};
+
+}  // namespace
+}  // namespace pk::cpu::attn
+
+#include "attention_engine.h"
+
+namespace pk::cpu::attn::avx2 {
+using Ops = OpsF32<Vec256, 24>;
+void dense_items(const AttnParams& p, const DenseItem* items, int64_t n) { run_dense_items<Vec256, Ops>(p, items, n); }
+void paged_items(const PagedParams& p, const PagedItem* items, int64_t n, int64_t n_splits, float* part_o,
+                 float* part_lse, const float* fp8_lut) {
+  run_paged_items<Vec256, Ops>(p, items, n, n_splits, part_o, part_lse, fp8_lut);
+}
+}  // namespace pk::cpu::attn::avx2
+
+#pragma GCC pop_options

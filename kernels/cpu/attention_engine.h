@@ -1,0 +1,430 @@
+// The blocked flash-attention engine shared by every CPU ISA path (torch-free).
+//
+// Included by each ISA translation unit (attention.cpp, attention_avx2.cpp, ...) AFTER its
+// headers, its `#pragma GCC target(...)` and its definitions of `Vec` types and `Ops`
+// (the two GEMM micro-kernels and the K/V packing). Everything here lives in an anonymous
+// namespace: each TU gets its own copy compiled for its ISA, and no function compiled with
+// AVX-512 can be merged by the linker into a path that must run on a plain x86-64 CPU.
+//
+// One call of attend() processes a set of up to kMaxRows query rows (the query heads that
+// share one KV head x a block of positions) against one contiguous range of keys, in key
+// blocks of Ops::BN: pack the K/V block once (dtype conversion, any strides, paged gather),
+// S = Q K^T, online softmax in fp32 (running max m, denominator l), O = O * alpha + P V.
+//
+// Vec interface (fp32 SIMD of W lanes): reg, W, zero, load, store, set1, fmadd(a, b, c) =
+// a * b + c, mul, sub, max, reduce_max, reduce_add, exp (exp(-inf) = 0 exactly).
+// Ops interface: BN, q/k/v/p buffer sizes, load_q, pack, gemm_qk, write_p, zero_p, gemm_pv.
+
+namespace pk::cpu::attn {
+namespace {
+
+constexpr int kR = 4;          // query rows per register tile
+constexpr int kMaxRows = 64;   // query rows per work item
+constexpr float kNegInf = -__builtin_inff();
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+inline int elem_bytes(int kind) { return kind == kF32 ? 4 : (kind == kFP8E4M3 ? 1 : 2); }
+
+// One element of any kind as fp32 (fp8 through the exact lookup table).
+inline float load_elem(const char* p, int kind, const float* fp8_lut) {
+  switch (kind) {
+    case kF32: return *reinterpret_cast<const float*>(p);
+    case kBF16: return bf16_to_float(*reinterpret_cast<const uint16_t*>(p));
+    case kF16: return fp16_to_float(*reinterpret_cast<const uint16_t*>(p));
+    default: return fp8_lut[*reinterpret_cast<const uint8_t*>(p)];
+  }
+}
+
+// Keys of one (sequence, KV head) stored densely: row j at base + j * token stride.
+struct DenseSrc {
+  const char* k; const char* v;
+  int64_t k_ts, v_ts, k_ds, v_ds;   // bytes
+  int kind;
+  const float* fp8_lut;
+  const char* krow(int64_t j) const { return k + j * k_ts; }
+  const char* vrow(int64_t j) const { return v + j * v_ts; }
+};
+
+// Keys of one (sequence, KV head) in a paged cache, found through the block table.
+struct PagedSrc {
+  const char* k; const char* v;     // cache base + KV head offset
+  const int32_t* bt; int64_t bt_s;  // the sequence's block-table row and its stride
+  int64_t block_size;
+  int64_t kb_s, ko_s, vb_s, vo_s, k_ds, v_ds;  // bytes: block, offset, dim
+  int kind;
+  const float* fp8_lut;
+  const char* krow(int64_t j) const {
+    return k + static_cast<int64_t>(bt[(j / block_size) * bt_s]) * kb_s + (j % block_size) * ko_s;
+  }
+  const char* vrow(int64_t j) const {
+    return v + static_cast<int64_t>(bt[(j / block_size) * bt_s]) * vb_s + (j % block_size) * vo_s;
+  }
+};
+
+struct RowSet {
+  int n = 0;                         // real rows (<= kMaxRows)
+  const char* q[kMaxRows];           // query row start
+  int64_t q_ds;                      // query dim stride, bytes
+  int q_kind;
+  int64_t pos[kMaxRows];             // position in key coordinates: d = pos - j
+  int64_t lo[kMaxRows], hi[kMaxRows];  // visible keys [lo, hi)
+  float slope[kMaxRows];
+};
+
+// Visible key range of a query at key-coordinate position `pos` among Sk keys.
+inline void visible_range(int64_t pos, int64_t sk, bool causal, int64_t left, int64_t right,
+                          int64_t* lo, int64_t* hi) {
+  const int64_t r = causal ? 0 : right;
+  int64_t a = left >= 0 ? imax(0, pos - left) : 0;
+  int64_t b = r >= 0 ? imin(sk, pos + r + 1) : sk;
+  if (b < a) b = a;
+  *lo = a;
+  *hi = b;
+}
+
+struct Workspace {
+  void* q; void* k; void* v; void* p;
+  float* s; float* o; float* m; float* l; float* alpha;
+  int64_t dp;   // padded head dim (row stride of O, V)
+  void* base;
+};
+
+template <class Ops>
+Workspace alloc_workspace(int64_t head_dim) {
+  Workspace w{};
+  w.dp = round_up(head_dim, 16);
+  const int64_t sizes[9] = {Ops::q_bytes(w.dp), Ops::k_bytes(w.dp), Ops::v_bytes(w.dp), Ops::p_bytes(),
+                            int64_t(4) * kMaxRows * Ops::BN, int64_t(4) * kMaxRows * w.dp,
+                            4 * kMaxRows, 4 * kMaxRows, 4 * kMaxRows};
+  int64_t total = 0;
+  for (int64_t s : sizes) total += round_up(s, 64);
+  char* base = static_cast<char*>(std::aligned_alloc(64, static_cast<size_t>(total)));
+  if (base == nullptr) return w;
+  w.base = base;
+  char* cur = base;
+  void* ptrs[9];
+  for (int i = 0; i < 9; ++i) { ptrs[i] = cur; cur += round_up(sizes[i], 64); }
+  w.q = ptrs[0]; w.k = ptrs[1]; w.v = ptrs[2]; w.p = ptrs[3];
+  w.s = static_cast<float*>(ptrs[4]); w.o = static_cast<float*>(ptrs[5]);
+  w.m = static_cast<float*>(ptrs[6]); w.l = static_cast<float*>(ptrs[7]);
+  w.alpha = static_cast<float*>(ptrs[8]);
+  return w;
+}
+
+// Online-softmax step for row r of the block [j0, j0 + n): masks, softcap, ALiBi, running
+// max/denominator; leaves P (fp32) in the S row and the rescale factor of O in alpha[r].
+template <class V, class Ops>
+inline void softmax_row(const RowSet& rs, int r, int64_t j0, int n, float softcap, bool alibi,
+                        Workspace& w) {
+  constexpr int BN = Ops::BN;
+  float* s = w.s + r * BN;
+  const int64_t lo = r < rs.n ? imax(rs.lo[r], j0) : 0;
+  const int64_t hi = r < rs.n ? imin(rs.hi[r], j0 + n) : 0;
+  if (lo >= hi) {  // nothing visible in this block: P = 0, O unchanged
+    for (int c = 0; c < BN; ++c) s[c] = 0.f;
+    w.alpha[r] = 1.f;
+    Ops::write_p(s, w.p, r);
+    return;
+  }
+  const int c0 = static_cast<int>(lo - j0), c1 = static_cast<int>(hi - j0);
+  if (softcap > 0.f) {
+    const float inv = 1.f / softcap;
+    for (int c = c0; c < c1; ++c) s[c] = softcap * std::tanh(s[c] * inv);
+  }
+  if (alibi) {
+    const float slope = rs.slope[r];
+    const int64_t pos = rs.pos[r];
+    for (int c = c0; c < c1; ++c) {
+      const int64_t d = pos - (j0 + c);
+      s[c] -= slope * static_cast<float>(d < 0 ? -d : d);
+    }
+  }
+  for (int c = 0; c < c0; ++c) s[c] = kNegInf;
+  for (int c = c1; c < BN; ++c) s[c] = kNegInf;
+  typename V::reg vmax = V::load(s);
+  for (int c = V::W; c < BN; c += V::W) vmax = V::max(vmax, V::load(s + c));
+  const float bmax = V::reduce_max(vmax);
+  const float m_old = w.m[r];
+  const float m_new = m_old > bmax ? m_old : bmax;
+  const float alpha = m_old == kNegInf ? 0.f : std::exp(m_old - m_new);
+  const typename V::reg mv = V::set1(m_new);
+  typename V::reg vsum = V::zero();
+  for (int c = 0; c < BN; c += V::W) {
+    const typename V::reg e = V::exp(V::sub(V::load(s + c), mv));
+    V::store(s + c, e);
+    vsum = V::add(vsum, e);
+  }
+  w.l[r] = w.l[r] * alpha + V::reduce_add(vsum);
+  w.m[r] = m_new;
+  w.alpha[r] = alpha;
+  Ops::write_p(s, w.p, r);
+}
+
+// Attention of the rows of `rs` over keys [kbeg, kend) of `src` (each row further limited
+// to its own [lo, hi)). Leaves un-normalised O, m, l for rows [0, rs.n) in the workspace.
+template <class V, class Ops, class Src>
+void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float softcap, bool alibi,
+            Workspace& w) {
+  const int nr = static_cast<int>(round_up(rs.n, kR));
+  for (int r = 0; r < nr; ++r) {
+    Ops::load_q(w.q, r, r < rs.n ? rs.q[r] : nullptr, rs.q_ds, rs.q_kind, D, w.dp, qk_scale);
+    w.m[r] = kNegInf;
+    w.l[r] = 0.f;
+    float* o = w.o + r * w.dp;
+    for (int64_t d = 0; d < w.dp; ++d) o[d] = 0.f;
+  }
+  int64_t kbeg = INT64_MAX, kend = 0;
+  for (int r = 0; r < rs.n; ++r) {
+    if (rs.lo[r] >= rs.hi[r]) continue;
+    kbeg = imin(kbeg, rs.lo[r]);
+    kend = imax(kend, rs.hi[r]);
+  }
+  for (int64_t j0 = kbeg; j0 < kend; j0 += Ops::BN) {
+    const int n = static_cast<int>(imin(Ops::BN, kend - j0));
+    Ops::pack(src, j0, n, D, w.dp, w.k, w.v);
+    Ops::gemm_qk(w.q, w.k, w.s, nr, D, w.dp, qk_scale);
+    for (int r = 0; r < nr; ++r) softmax_row<V, Ops>(rs, r, j0, n, softcap, alibi, w);
+    Ops::gemm_pv(w.s, w.p, w.v, w.o, w.alpha, nr, n, w.dp);
+  }
+}
+
+// Normalised output row r (times out_mul) into dst of `kind`, and its lse.
+inline void finalize_row(const Workspace& w, int r, int64_t D, float out_mul, char* dst, int64_t ds_elems,
+                         int kind, float* lse) {
+  const float l = w.l[r];
+  const float inv = l > 0.f ? out_mul / l : 0.f;
+  const float* o = w.o + r * w.dp;
+  for (int64_t d = 0; d < D; ++d) store_from_float(dst, d * ds_elems, o[d] * inv, kind);
+  if (lse != nullptr) *lse = l > 0.f ? w.m[r] + std::log(l) : kNegInf;
+}
+
+// ---- generic fp32 Ops: any element kind converted to fp32 while packing ----
+// Q rows [kMaxRows][dp] (pre-multiplied by the score scale), K^T [D][BN], V [BN][dp].
+template <class V, int BN_>
+struct OpsF32 {
+  static constexpr int BN = BN_;
+  static constexpr int C = BN / V::W;
+  static_assert(BN % V::W == 0, "BN must be a multiple of the vector width");
+  static int64_t q_bytes(int64_t dp) { return 4 * kMaxRows * dp; }
+  static int64_t k_bytes(int64_t dp) { return 4 * dp * BN; }
+  static int64_t v_bytes(int64_t dp) { return 4 * dp * BN; }
+  static int64_t p_bytes() { return 0; }
+
+  static void load_q(void* qbuf, int r, const char* src, int64_t ds, int kind, int64_t D, int64_t dp,
+                     float mul) {
+    float* dst = static_cast<float*>(qbuf) + r * dp;
+    int64_t d = 0;
+    if (src != nullptr)
+      for (; d < D; ++d) dst[d] = load_elem(src + d * ds, kind, nullptr) * mul;
+    for (; d < dp; ++d) dst[d] = 0.f;
+  }
+
+  template <class Src>
+  static void pack(const Src& src, int64_t j0, int n, int64_t D, int64_t dp, void* kb, void* vb) {
+    float* kt = static_cast<float*>(kb);
+    float* vv = static_cast<float*>(vb);
+    for (int c = 0; c < n; ++c) {
+      const char* kr = src.krow(j0 + c);
+      const char* vr = src.vrow(j0 + c);
+      float* vd = vv + c * dp;
+      if (src.kind == kF32 && src.k_ds == 4 && src.v_ds == 4) {
+        const float* kf = reinterpret_cast<const float*>(kr);
+        const float* vf = reinterpret_cast<const float*>(vr);
+        for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = kf[d];
+        for (int64_t d = 0; d < D; ++d) vd[d] = vf[d];
+      } else {
+        for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = load_elem(kr + d * src.k_ds, src.kind, src.fp8_lut);
+        for (int64_t d = 0; d < D; ++d) vd[d] = load_elem(vr + d * src.v_ds, src.kind, src.fp8_lut);
+      }
+      for (int64_t d = D; d < dp; ++d) vd[d] = 0.f;
+    }
+    for (int c = n; c < BN; ++c) {
+      for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = 0.f;
+      for (int64_t d = 0; d < dp; ++d) vv[c * dp + d] = 0.f;
+    }
+  }
+
+  static void gemm_qk(const void* qbuf, const void* kb, float* S, int nr, int64_t D, int64_t dp, float) {
+    const float* Q = static_cast<const float*>(qbuf);
+    const float* K = static_cast<const float*>(kb);
+    for (int r0 = 0; r0 < nr; r0 += kR) {
+      typename V::reg acc[kR][C];
+      for (int r = 0; r < kR; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
+      const float* q0 = Q + r0 * dp;
+      for (int64_t d = 0; d < D; ++d) {
+        typename V::reg kv[C];
+        for (int c = 0; c < C; ++c) kv[c] = V::load(K + d * BN + c * V::W);
+        for (int r = 0; r < kR; ++r) {
+          const typename V::reg qb = V::set1(q0[r * dp + d]);
+          for (int c = 0; c < C; ++c) acc[r][c] = V::fmadd(qb, kv[c], acc[r][c]);
+        }
+      }
+      for (int r = 0; r < kR; ++r)
+        for (int c = 0; c < C; ++c) V::store(S + (r0 + r) * BN + c * V::W, acc[r][c]);
+    }
+  }
+
+  static void write_p(float*, void*, int) {}
+
+  template <int CC>
+  static void pv_tile(const float* P, const float* Vv, float* O, const float* alpha, int r0, int n,
+                      int64_t dp, int64_t d0) {
+    typename V::reg acc[kR][CC];
+    for (int r = 0; r < kR; ++r) {
+      const typename V::reg a = V::set1(alpha[r0 + r]);
+      for (int c = 0; c < CC; ++c) acc[r][c] = V::mul(V::load(O + (r0 + r) * dp + d0 + c * V::W), a);
+    }
+    for (int j = 0; j < n; ++j) {
+      typename V::reg vv[CC];
+      for (int c = 0; c < CC; ++c) vv[c] = V::load(Vv + j * dp + d0 + c * V::W);
+      for (int r = 0; r < kR; ++r) {
+        const typename V::reg pb = V::set1(P[(r0 + r) * BN + j]);
+        for (int c = 0; c < CC; ++c) acc[r][c] = V::fmadd(pb, vv[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < kR; ++r)
+      for (int c = 0; c < CC; ++c) V::store(O + (r0 + r) * dp + d0 + c * V::W, acc[r][c]);
+  }
+
+  static void gemm_pv(const float* S, const void*, const void* vb, float* O, const float* alpha, int nr,
+                      int n, int64_t dp) {
+    const float* Vv = static_cast<const float*>(vb);
+    for (int r0 = 0; r0 < nr; r0 += kR) {
+      int64_t d0 = 0;
+      for (; d0 + C * V::W <= dp; d0 += C * V::W) pv_tile<C>(S, Vv, O, alpha, r0, n, dp, d0);
+      for (; d0 < dp; d0 += V::W) pv_tile<1>(S, Vv, O, alpha, r0, n, dp, d0);
+    }
+  }
+};
+
+// ---- drivers over work items (planned by the ISA-neutral code) ----
+
+template <class V, class Ops>
+void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_items) {
+  const int64_t D = p.head_dim;
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int es = elem_bytes(p.kind);
+  const bool alibi = p.alibi != nullptr;
+#pragma omp parallel
+  {
+    Workspace w = alloc_workspace<Ops>(D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n_items; ++it) {
+      const DenseItem& item = items[it];
+      const int64_t b = item.b;
+      const int64_t qt0 = p.cu_q ? p.cu_q[b] : 0, kt0 = p.cu_k ? p.cu_k[b] : 0;
+      const int64_t sq = p.cu_q ? p.cu_q[b + 1] - qt0 : p.seqlen_q;
+      const int64_t sk = p.cu_k ? p.cu_k[b + 1] - kt0 : p.seqlen_k;
+      RowSet rs;
+      rs.q_ds = p.q_s[3] * es;
+      rs.q_kind = p.kind;
+      for (int64_t t = 0; t < item.nt; ++t)
+        for (int64_t g = 0; g < item.ng; ++g) {
+          const int r = rs.n++;
+          const int64_t tok = qt0 + item.t0 + t, h = item.hk * group + item.g0 + g;
+          rs.q[r] = static_cast<const char*>(p.q) + (b * p.q_s[0] + tok * p.q_s[1] + h * p.q_s[2]) * es;
+          rs.pos[r] = item.t0 + t + sk - sq;
+          rs.slope[r] = alibi ? p.alibi[b * p.alibi_bs + h * p.alibi_hs] : 0.f;
+          visible_range(rs.pos[r], sk, p.causal, p.window_left, p.window_right, &rs.lo[r], &rs.hi[r]);
+        }
+      DenseSrc src;
+      src.k = static_cast<const char*>(p.k) + (b * p.k_s[0] + kt0 * p.k_s[1] + item.hk * p.k_s[2]) * es;
+      src.v = static_cast<const char*>(p.v) + (b * p.v_s[0] + kt0 * p.v_s[1] + item.hk * p.v_s[2]) * es;
+      src.k_ts = p.k_s[1] * es; src.v_ts = p.v_s[1] * es;
+      src.k_ds = p.k_s[3] * es; src.v_ds = p.v_s[3] * es;
+      src.kind = p.kind;
+      src.fp8_lut = nullptr;
+      attend<V, Ops>(rs, src, D, p.scale, p.softcap, alibi, w);
+      int r = 0;
+      for (int64_t t = 0; t < item.nt; ++t)
+        for (int64_t g = 0; g < item.ng; ++g, ++r) {
+          const int64_t tok = qt0 + item.t0 + t, h = item.hk * group + item.g0 + g;
+          char* dst = static_cast<char*>(p.out) + (b * p.o_s[0] + tok * p.o_s[1] + h * p.o_s[2]) * es;
+          float* lse = p.lse + b * p.lse_s[0] + h * p.lse_s[1] + tok * p.lse_s[2];
+          finalize_row(w, r, D, 1.f, dst, p.o_s[3], p.kind, lse);
+        }
+    }
+    std::free(w.base);
+  }
+}
+
+// Paged items: with one split the result goes straight to out/lse; with several, each split
+// writes its normalised partial output and lse to part_o [split][seq][token][head][D] and
+// part_lse (same order, no D), merged afterwards.
+template <class V, class Ops>
+void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_items, int64_t n_splits,
+                     float* part_o, float* part_lse, const float* fp8_lut) {
+  const int64_t D = p.head_dim;
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int qs = elem_bytes(p.q_kind), cs = elem_bytes(p.cache_kind);
+  const bool alibi = p.alibi != nullptr;
+  // fp8 values are dequantised exactly; their scales are applied to scores and output.
+  const bool fp8 = p.cache_kind == kFP8E4M3;
+  const float qk_scale = p.scale * (fp8 ? p.k_scale : 1.f);
+  const float out_mul = fp8 ? p.v_scale : 1.f;
+#pragma omp parallel
+  {
+    Workspace w = alloc_workspace<Ops>(D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n_items; ++it) {
+      const PagedItem& item = items[it];
+      const int64_t s = item.seq;
+      const int64_t sk = p.seq_lens[s], sq = p.q_len;
+      RowSet rs;
+      rs.q_ds = p.q_s[3] * qs;
+      rs.q_kind = p.q_kind;
+      int64_t kbeg = INT64_MAX, kend = 0;
+      for (int64_t t = 0; t < item.nt; ++t)
+        for (int64_t g = 0; g < item.ng; ++g) {
+          const int r = rs.n++;
+          const int64_t tok = item.t0 + t, h = item.hk * group + item.g0 + g;
+          rs.q[r] = static_cast<const char*>(p.q) + (s * p.q_s[0] + tok * p.q_s[1] + h * p.q_s[2]) * qs;
+          rs.pos[r] = tok + sk - sq;
+          rs.slope[r] = alibi ? p.alibi[s * p.alibi_bs + h * p.alibi_hs] : 0.f;
+          visible_range(rs.pos[r], sk, true, p.window_left, p.window_right, &rs.lo[r], &rs.hi[r]);
+          if (rs.lo[r] < rs.hi[r]) { kbeg = imin(kbeg, rs.lo[r]); kend = imax(kend, rs.hi[r]); }
+        }
+      if (n_splits > 1) {  // this split's share of the item's key range, in whole blocks
+        const int64_t len = kend > kbeg ? kend - kbeg : 0;
+        const int64_t chunk = round_up((len + n_splits - 1) / n_splits, Ops::BN);
+        const int64_t a = kbeg + item.split * chunk, b = imin(kend, a + chunk);
+        for (int r = 0; r < rs.n; ++r) {
+          rs.lo[r] = imax(rs.lo[r], a);
+          rs.hi[r] = imin(rs.hi[r], b);
+          if (rs.hi[r] < rs.lo[r]) rs.hi[r] = rs.lo[r];
+        }
+      }
+      PagedSrc src;
+      src.k = static_cast<const char*>(p.k_cache) + item.hk * p.kc_s[2] * cs;
+      src.v = static_cast<const char*>(p.v_cache) + item.hk * p.vc_s[2] * cs;
+      src.bt = p.block_table + s * p.bt_s[0];
+      src.bt_s = p.bt_s[1];
+      src.block_size = p.block_size;
+      src.kb_s = p.kc_s[0] * cs; src.ko_s = p.kc_s[1] * cs; src.k_ds = p.kc_s[3] * cs;
+      src.vb_s = p.vc_s[0] * cs; src.vo_s = p.vc_s[1] * cs; src.v_ds = p.vc_s[3] * cs;
+      src.kind = p.cache_kind;
+      src.fp8_lut = fp8_lut;
+      attend<V, Ops>(rs, src, D, qk_scale, p.softcap, alibi, w);
+      int r = 0;
+      for (int64_t t = 0; t < item.nt; ++t)
+        for (int64_t g = 0; g < item.ng; ++g, ++r) {
+          const int64_t tok = item.t0 + t, h = item.hk * group + item.g0 + g;
+          if (n_splits == 1) {
+            char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + tok * p.o_s[1] + h * p.o_s[2]) * qs;
+            finalize_row(w, r, D, out_mul, dst, p.o_s[3], p.q_kind, p.lse + s * p.lse_s[0] + h * p.lse_s[1] + tok * p.lse_s[2]);
+          } else {
+            const int64_t idx = ((item.split * p.num_seqs + s) * sq + tok) * p.heads_q + h;
+            finalize_row(w, r, D, out_mul, reinterpret_cast<char*>(part_o + idx * D), 1, kF32, part_lse + idx);
+          }
+        }
+    }
+    std::free(w.base);
+  }
+}
+
+}  // namespace
+}  // namespace pk::cpu::attn

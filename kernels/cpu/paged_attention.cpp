@@ -1,0 +1,105 @@
+// CPU paged decode: work planning (sequence x KV head x context split), path selection and
+// the merge of split partials (ISA-neutral; the per-ISA kernels do the attention itself).
+#include "paged_attention.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "attention_isa.h"
+#include "dtype_convert.h"
+#include "kv_cache.h"
+
+namespace pk::cpu::attn {
+namespace {
+
+// Enough items for any small core count, fixed so results never depend on the thread count;
+// a split below ~256 keys costs more in merging than it gains.
+constexpr int64_t kTargetItems = 32;
+constexpr int64_t kMinKeysPerSplit = 256;
+
+}  // namespace
+
+void paged_attention_fwd(const PagedParams& p) {
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t ng = group < 64 ? group : 64;
+  const int64_t nt = 64 / ng;
+  int64_t max_len = 0;
+  for (int64_t s = 0; s < p.num_seqs; ++s) max_len = p.seq_lens[s] > max_len ? p.seq_lens[s] : max_len;
+  const int64_t row_chunks = ((p.q_len + nt - 1) / nt) * ((group + ng - 1) / ng);
+  const int64_t base_items = p.num_seqs * p.heads_kv * row_chunks;
+  if (base_items == 0) return;
+  int64_t n_splits = (kTargetItems + base_items - 1) / base_items;
+  const int64_t cap = max_len / kMinKeysPerSplit > 1 ? max_len / kMinKeysPerSplit : 1;
+  if (n_splits > cap) n_splits = cap;
+
+  std::vector<PagedItem> items;
+  items.reserve(base_items * n_splits);
+  // Splits of one row set are adjacent so the dynamic schedule spreads long sequences.
+  for (int64_t s = 0; s < p.num_seqs; ++s)
+    for (int64_t hk = 0; hk < p.heads_kv; ++hk)
+      for (int64_t t0 = 0; t0 < p.q_len; t0 += nt)
+        for (int64_t g0 = 0; g0 < group; g0 += ng)
+          for (int64_t sp = 0; sp < n_splits; ++sp)
+            items.push_back({s, hk, g0, ng < group - g0 ? ng : group - g0, t0,
+                             nt < p.q_len - t0 ? nt : p.q_len - t0, sp});
+
+  std::vector<float> part_o, part_lse;
+  const int64_t rows = p.num_seqs * p.q_len * p.heads_q;
+  if (n_splits > 1) {
+    part_o.resize(static_cast<size_t>(n_splits * rows * p.head_dim));
+    part_lse.resize(static_cast<size_t>(n_splits * rows));
+  }
+  const float* lut = p.cache_kind == kFP8E4M3 ? fp8_e4m3_to_float_table() : nullptr;
+  switch (choose_path(p.q_kind, p.cache_kind)) {
+    case AttnPath::AVX512BF16:
+      avx512bf16::paged_items(p, items.data(), items.size(), n_splits, part_o.data(), part_lse.data(), lut);
+      break;
+    case AttnPath::AVX512:
+      avx512::paged_items(p, items.data(), items.size(), n_splits, part_o.data(), part_lse.data(), lut);
+      break;
+    case AttnPath::AVX2:
+      avx2::paged_items(p, items.data(), items.size(), n_splits, part_o.data(), part_lse.data(), lut);
+      break;
+    default:
+      scalar::paged_items(p, items.data(), items.size(), n_splits, part_o.data(), part_lse.data(), lut);
+      break;
+  }
+  if (n_splits == 1) return;
+
+  // Merge: out = sum_i w_i o_i with w_i = exp(lse_i - lse), lse = log sum_i exp(lse_i).
+  // Splits with lse -inf (no visible key) contribute nothing; all -inf gives 0 / -inf.
+  const int qs = p.q_kind == kF32 ? 4 : 2;
+  const float ninf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t h = row % p.heads_q, tok = (row / p.heads_q) % p.q_len, s = row / (p.heads_q * p.q_len);
+    float m = ninf;
+    for (int64_t sp = 0; sp < n_splits; ++sp) m = std::fmax(m, part_lse[sp * rows + row]);
+    char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + tok * p.o_s[1] + h * p.o_s[2]) * qs;
+    float* lse = p.lse + s * p.lse_s[0] + h * p.lse_s[1] + tok * p.lse_s[2];
+    if (m == ninf) {
+      for (int64_t d = 0; d < p.head_dim; ++d) store_from_float(dst, d * p.o_s[3], 0.f, p.q_kind);
+      *lse = ninf;
+      continue;
+    }
+    float wsum = 0.f;
+    float wts[64];
+    for (int64_t sp = 0; sp < n_splits; ++sp) {
+      const float l = part_lse[sp * rows + row];
+      wts[sp] = l == ninf ? 0.f : std::exp(l - m);
+      wsum += wts[sp];
+    }
+    for (int64_t d = 0; d < p.head_dim; ++d) {
+      float acc = 0.f;
+      for (int64_t sp = 0; sp < n_splits; ++sp)
+        if (wts[sp] != 0.f) acc += wts[sp] * part_o[(sp * rows + row) * p.head_dim + d];
+      store_from_float(dst, d * p.o_s[3], acc / wsum, p.q_kind);
+    }
+    *lse = m + std::log(wsum);
+  }
+}
+
+}  // namespace pk::cpu::attn

@@ -1,0 +1,36 @@
+// CPU paged decode attention, torch-free (semantics: kernels/reference/paged.py).
+//
+// Caches are [num_blocks, block_size, heads_kv, head_dim] (any strides); token p of sequence
+// s lives in block block_table[s][p / block_size] at offset p % block_size. The q_len queries
+// of a sequence are its last q_len positions, causal always (a window narrows it further).
+// fp8 e4m3 caches hold value / scale: K values are dequantised exactly and k_scale is applied
+// to the scores, v_scale to the output, so no precision is lost to the scale.
+#pragma once
+#include <cstdint>
+
+namespace pk::cpu::attn {
+
+struct PagedParams {
+  const void* q; void* out; float* lse;
+  int q_kind;                       // kF32, kBF16, kF16 (out has the same kind)
+  const void* k_cache; const void* v_cache;
+  int cache_kind;                   // kF32, kBF16, kF16 or kFP8E4M3 (both caches)
+  const int32_t* block_table; int64_t bt_s[2];
+  const int32_t* seq_lens;
+  int64_t num_seqs, q_len, heads_q, heads_kv, head_dim, block_size;
+  int64_t q_s[4], o_s[4];           // [seq, token, head, dim]
+  int64_t lse_s[3];                 // [seq, head, token]
+  int64_t kc_s[4], vc_s[4];         // [block, offset, head, dim]
+  float scale, softcap, k_scale, v_scale;
+  int64_t window_left, window_right;
+  const float* alibi; int64_t alibi_bs, alibi_hs;
+};
+
+// One work item per (sequence, KV head, context split): the heads_q / heads_kv query heads
+// sharing a KV head are processed together, so each cached K/V byte is read once per
+// sequence; splits (merged afterwards) keep both cores busy when batch x heads_kv is small.
+// The split count depends only on the problem, never on the thread count, so results are
+// the same for any number of threads.
+void paged_attention_fwd(const PagedParams& p);
+
+}  // namespace pk::cpu::attn

@@ -1,0 +1,116 @@
+"""Registers the C++ CPU attention kernels (impl "cpp", backend "cpu", priority 100):
+``attention``, ``varlen_attention``, ``paged_attention`` and ``write_kv_cache`` (forward only;
+the backward ops stay on the reference).
+
+The kernels (kernels/cpu/attention*.cpp, paged_attention.cpp, kv_cache.cpp) pick their ISA
+path at run time (scalar / AVX2 / AVX-512 / AVX512_BF16, see cpu_isa.h) and accept any
+strides, GQA, causal/window/softcap/ALiBi, fp32/bf16/fp16 (fp8 e4m3fn caches for paged).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from ..dispatch import register_impl
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_FP8 = torch.float8_e4m3fn
+
+
+def _ops():
+    return torch.ops.polykernels_C
+
+
+def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    return _ops().cpu_attention_fwd(q, k, v, bool(causal), float(softmax_scale), int(window_left),
+                                    int(window_right), float(softcap), alibi_slopes)
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                     softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    return _ops().cpu_varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                                           int(max_seqlen_k), bool(causal), float(softmax_scale),
+                                           int(window_left), int(window_right), float(softcap),
+                                           alibi_slopes)
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
+                    window_right, softcap, alibi_slopes, k_scale, v_scale):
+    return _ops().cpu_paged_attention(q, k_cache, v_cache, block_table, seq_lens,
+                                      float(softmax_scale), int(window_left), int(window_right),
+                                      float(softcap), alibi_slopes, float(k_scale), float(v_scale))
+
+
+def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+    _ops().cpu_write_kv_cache(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale))
+
+
+def _common(tensors, q, v_dim, alibi_slopes):
+    reason = _extension.unavailable_reason()
+    if reason:
+        return reason
+    if any(t.device.type != "cpu" for t in tensors):
+        return "tensors are not on the CPU"
+    if q.dtype not in _FLOATS:
+        return f"dtype {q.dtype} not supported (float32, bfloat16, float16)"
+    if v_dim != q.shape[-1]:
+        return f"value head_dim {v_dim} != query head_dim {q.shape[-1]}"
+    if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
+        return f"alibi_slopes dtype {alibi_slopes.dtype} (float32 expected)"
+    return None
+
+
+def _attention_supports(q, k, v, causal, softmax_scale, window_left, window_right, softcap,
+                        alibi_slopes):
+    reason = _common((q, k, v), q, v.shape[-1], alibi_slopes)
+    if reason is None and (k.dtype != q.dtype or v.dtype != q.dtype):
+        reason = f"mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}"
+    return reason
+
+
+def _varlen_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                     softmax_scale, window_left, window_right, softcap, alibi_slopes):
+    reason = _attention_supports(q, k, v, causal, softmax_scale, window_left, window_right,
+                                 softcap, alibi_slopes)
+    if reason is None and (cu_seqlens_q.dtype != torch.int32 or cu_seqlens_k.dtype != torch.int32):
+        reason = "cu_seqlens must be int32"
+    return reason
+
+
+def _paged_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
+                    window_right, softcap, alibi_slopes, k_scale, v_scale):
+    reason = _common((q, k_cache, v_cache, block_table, seq_lens), q, v_cache.shape[-1],
+                     alibi_slopes)
+    if reason:
+        return reason
+    if k_cache.dtype not in (q.dtype, _FP8) or v_cache.dtype != k_cache.dtype:
+        return f"cache dtype {k_cache.dtype}/{v_cache.dtype} (expected {q.dtype} or float8_e4m3fn)"
+    if block_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        return "block_table and seq_lens must be int32"
+    return None
+
+
+def _write_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+    reason = _extension.unavailable_reason()
+    if reason:
+        return reason
+    if any(t.device.type != "cpu" for t in (k, v, k_cache, v_cache, slot_mapping)):
+        return "tensors are not on the CPU"
+    if k.dtype not in _FLOATS or v.dtype != k.dtype:
+        return f"k/v dtype {k.dtype}/{v.dtype} not supported (float32, bfloat16, float16)"
+    if k_cache.dtype not in _FLOATS + (_FP8,) or v_cache.dtype != k_cache.dtype:
+        return f"cache dtype {k_cache.dtype}/{v_cache.dtype} not supported"
+    if slot_mapping.dtype not in (torch.int32, torch.int64):
+        return f"slot_mapping dtype {slot_mapping.dtype} (int32 or int64 expected)"
+    return None
+
+
+def register() -> None:
+    register_impl("attention", "cpp", backends="cpu", fn=attention, supports=_attention_supports,
+                  priority=100)
+    register_impl("varlen_attention", "cpp", backends="cpu", fn=varlen_attention,
+                  supports=_varlen_supports, priority=100)
+    register_impl("paged_attention", "cpp", backends="cpu", fn=paged_attention,
+                  supports=_paged_supports, priority=100)
+    register_impl("write_kv_cache", "cpp", backends="cpu", fn=write_kv_cache,
+                  supports=_write_supports, priority=100)

@@ -71,13 +71,13 @@ def make_paged(seq_lens, block_size, hkv, dim, dtype, *, shared=False, kv_stride
             kv.view(torch.uint8 if dtype in FP8 else kv.dtype)))
     k_cache, v_cache = (kv[:, 0], kv[:, 1]) if kv_strided else (kv[0], kv[1])
     for s, n in enumerate(seq_lens):
+        pos = torch.arange(n)
+        if shared and s == 1 and nblk[1] > 1:
+            pos = pos[block_size:]  # the shared block keeps sequence 0's tokens
+        blk, off = table[s, pos // block_size].long().to(device), (pos % block_size).to(device)
         for cache, sc in ((k_cache, scale[0]), (v_cache, scale[1])):
-            for p in range(n):
-                blk, off = table[s, p // block_size].item(), p % block_size
-                if shared and s == 1 and p < block_size and nblk[1] > 1:
-                    continue  # the shared block keeps sequence 0's tokens
-                val = torch.randn(hkv, dim, device=device, dtype=torch.float32)
-                cache[blk, off] = (val / sc).to(dtype) if dtype in FP8 else val.to(store)
+            val = torch.randn(len(pos), hkv, dim, device=device, dtype=torch.float32)
+            cache[blk, off] = (val / sc).to(dtype) if dtype in FP8 else val.to(store)
     return k_cache, v_cache, table.to(device), torch.tensor(seq_lens, dtype=torch.int32, device=device)
 
 
@@ -192,6 +192,10 @@ def test_decode_matches_reference(case):
 def test_decode_features(feature, splits):
     run_case(dtype=torch.bfloat16, hq=8, hkv=2, dim=64, q_len=2, block_size=16, splits=splits,
              seq_lens=[2, 15, 17, 40], **feature)
+
+
+def test_decode_single_sequence():
+    run_case(dtype=torch.float16, hq=2, hkv=1, dim=64, q_len=1, block_size=8, splits=None, seq_lens=[13])
 
 
 @pytest.mark.parametrize("cache_dtype", FP8)

@@ -1,0 +1,92 @@
+"""Paged decode attention: every impl available on the device vs torch (gather the blocks,
+then SDPA) in the same run.
+
+Byte model: the K and V bytes each sequence attends to (seq_len x heads_kv x head_dim x
+element size, twice), which is what decode has to read; q, out and the block table are
+noise next to it. GB/s is that over the time, and "% peak" is it over the device copy
+bandwidth measured in this run (copy counts read + write bytes; decode only reads).
+
+GPU: batch 1-256 x context 512-32k for Llama-3-8B (32 q / 8 kv heads) and Qwen-2.5-7B
+(28 / 4), head dim 128, bf16, block size 16. CPU preset (the issue-5 goal): batch 8, context
+4k, 32 / 8 heads, D 128, bf16; the Triton interpreter is never timed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import polykernels as pk
+from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err, time_ms, timed_impls
+
+MODELS = {"llama3-8b": (32, 8), "qwen2.5-7b": (28, 4)}
+BLOCK_SIZE = 16
+GPU_SHAPES = [(1, 512), (1, 4096), (1, 32768), (8, 4096), (8, 32768), (32, 4096), (64, 8192),
+              (256, 512), (256, 2048)]
+GPU_QUICK = [(1, 4096), (32, 4096), (256, 512)]
+REFERENCE_MAX_TOKENS = 1 << 16  # the reference loops over sequences in fp32: only small runs
+
+
+def make_inputs(batch, ctx, hq, hkv, dim, dtype, device):
+    """Full-length sequences in shuffled blocks (every sequence has ctx tokens)."""
+    nblk = ctx // BLOCK_SIZE
+    k_cache = torch.randn(batch * nblk, BLOCK_SIZE, hkv, dim, dtype=dtype, device=device)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * nblk, device=device).to(torch.int32).view(batch, nblk)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=device)
+    q = torch.randn(batch, 1, hq, dim, dtype=dtype, device=device)
+    return q, k_cache, v_cache, table, seq_lens
+
+
+def torch_gather_sdpa(q, k_cache, v_cache, table, seq_lens):
+    """The baseline a torch user writes: gather each sequence's blocks, then SDPA (all
+    sequences are full length here, so no padding mask is needed)."""
+    b, nblk = table.shape
+    _, bs, hkv, d = k_cache.shape
+    k = k_cache[table.long()].view(b, nblk * bs, hkv, d).transpose(1, 2)
+    v = v_cache[table.long()].view(b, nblk * bs, hkv, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+def run(report, device, quick: bool) -> None:
+    dtype, dim = torch.bfloat16, 128
+    if device.type == "cuda":
+        cases = [(m, b, c) for m in MODELS for b, c in (GPU_QUICK if quick else GPU_SHAPES)]
+        warm = {}
+    else:
+        cases = [("llama3-8b", 8, 4096 if not quick else 1024)]
+        warm = dict(warmup=1, rep=3)
+    bw = copy_bandwidth_gbs(device)
+    impls = [i for i in timed_impls("paged_attention", device)]
+    for model, batch, ctx in cases:
+        hq, hkv = MODELS[model]
+        args = make_inputs(batch, ctx, hq, hkv, dim, dtype, device)
+        nbytes = 2 * batch * ctx * hkv * dim * args[1].element_size()
+        shape = f"{model} B{batch} ctx{ctx} bs{BLOCK_SIZE} {str(dtype)[6:]}"
+        small = batch * ctx <= REFERENCE_MAX_TOKENS
+        base_out = torch_gather_sdpa(*args)
+        if small:
+            want = pk.reference.paged_attention(*args, dim ** -0.5, -1, -1, 0.0, None, 1.0, 1.0)[0]
+            err_note = ""
+        else:
+            want, err_note = base_out, "err vs torch"
+        report.add(op="paged_decode", shape=shape, impl="torch", nbytes=nbytes, peak_gbs=bw,
+                   ms=time_ms(lambda: torch_gather_sdpa(*args), device, **warm),
+                   max_err=max_abs_err(base_out, want) if small else None,
+                   note="gather + SDPA")
+        del base_out
+        for impl in impls:
+            if impl == "reference" and not small:
+                continue
+            with pk.use(paged_attention=impl):
+                out = pk.paged_attention(*args)
+                ms = time_ms(lambda: pk.paged_attention(*args), device, **warm)
+            report.add(op="paged_decode", shape=shape, impl=impl, ms=ms, nbytes=nbytes, peak_gbs=bw,
+                       baseline="torch", max_err=max_abs_err(out, want), note=err_note)
+        del args
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main_for(run)

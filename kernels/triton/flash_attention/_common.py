@@ -85,3 +85,22 @@ def row_stat_base(b, h, n_heads, seqlen_q, q_start, IS_VARLEN: tl.constexpr):
         return h.to(tl.int64) * seqlen_q + q_start
     else:
         return (b.to(tl.int64) * n_heads + h) * seqlen_q
+
+
+@triton.jit
+def full_block_range(lo, hi, first, last, diag, window_left, window_right, length,
+                     BLOCK: tl.constexpr):
+    """Split the loop range [lo, hi) (lo a multiple of BLOCK) into masked head, unmasked
+    middle and masked tail: returns (full_lo, full_hi) such that every block in
+    [full_lo, full_hi) lies inside ``length`` and inside the window for every row of the
+    program's block (rows first..last, d = row + diag - col). Skipping the mask there saves
+    the per-element compare/select work on all interior blocks.
+
+    Also used transposed (the dk/dv kernel loops over rows for a block of columns) by passing
+    -diag and swapping the window sides.
+    """
+    full_lo = tl.maximum(last + diag - window_left, lo)
+    full_lo = tl.minimum((full_lo + BLOCK - 1) // BLOCK * BLOCK, hi)
+    y = tl.maximum(tl.minimum(first + diag + window_right + 1, length), 0)
+    full_hi = tl.maximum(tl.minimum(y // BLOCK * BLOCK, hi), full_lo)
+    return full_lo, full_hi

@@ -14,7 +14,8 @@ q/k/v/out/dout take any strides; dq/dk/dv (allocated like q/k/v, contiguous) and
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mm, row_stat_base, scores, seq_bounds, token_base, visible
+from ._common import (LOG2E, full_block_range, mm, row_stat_base, scores, seq_bounds, token_base,
+                      visible)
 
 
 @triton.jit
@@ -48,6 +49,37 @@ def _load_lse_log2(LSE, rows, sq):
     """lse in log2 units; a fully masked row (-inf) becomes 0 so that exp2(-inf - 0) = 0."""
     lse = tl.load(LSE + rows, mask=rows < sq, other=0.0)
     return tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
+
+
+@triton.jit
+def _dkdv_block(k, v, dk, dv, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, q_start,
+                start_m, full_lo, full_hi, offs_m, d_ok, cols, sq, sk, diag, sm_scale, softcap,
+                slope, window_left, window_right, HAS_SOFTCAP: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+    """dk/dv contributions of one query block. The element mask is skipped for blocks whose
+    rows are all inside the sequence and see every column of this program's block (see
+    full_block_range; columns past the key length only touch dk/dv rows that are never
+    stored). A uniform run-time branch keeps one pipelined loop."""
+    rows = start_m + offs_m
+    qpos = (q_start + rows).to(tl.int64)[:, None]
+    q_mask = (rows[:, None] < sq) & d_ok[None, :]
+    q = tl.load(q_base + qpos * stride_qs, mask=q_mask, other=0.0)
+    do = tl.load(do_base + qpos * stride_dos, mask=q_mask, other=0.0)
+    lse = _load_lse_log2(lse_base, rows, sq)
+    delta = tl.load(delta_base + rows, mask=rows < sq, other=0.0)
+    # Transposed scores: [BLOCK_N, BLOCK_M], so dk/dv come out of plain dots.
+    st, tt = scores(mm(k, tl.trans(q), DOT_FP32, PREC), cols, rows, -diag,
+                    sm_scale, softcap, slope, HAS_SOFTCAP, HAS_ALIBI)
+    pt = tl.exp2(st * LOG2E - lse[None, :])
+    if (start_m < full_lo) | (start_m >= full_hi):
+        pt = tl.where(tl.trans(visible(rows, cols, sq, sk, diag, window_left, window_right)), pt, 0.0)
+    dv += mm(pt.to(do.dtype), do, DOT_FP32, PREC)
+    dpt = mm(v, tl.trans(do), DOT_FP32, PREC)
+    dst = pt * (dpt - delta[None, :])
+    if HAS_SOFTCAP:
+        dst = dst * (1.0 - tt * tt)
+    dk += mm(dst.to(q.dtype), q, DOT_FP32, PREC)
+    return dk, dv
 
 
 @triton.jit
@@ -93,6 +125,10 @@ def attn_bwd_dkdv_kernel(
     lo = (lo // BLOCK_M) * BLOCK_M
     hi = tl.minimum(last_col - diag + window_left + 1, sq)
 
+    # Row blocks needing no mask: the column-loop split, transposed (-diag, sides swapped).
+    full_lo, full_hi = full_block_range(lo, hi, n_start, n_start + BLOCK_N - 1, -diag, window_right,
+                                        window_left, sq, BLOCK_M)
+
     n_heads_k = tl.num_programs(2)
     n_heads_q = n_heads_k * group
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -108,30 +144,41 @@ def attn_bwd_dkdv_kernel(
         lse_base = LSE + stat
         delta_base = DELTA + stat
         for start_m in range(lo, hi, BLOCK_M):
-            rows = start_m + offs_m
-            q_mask = (rows[:, None] < sq) & d_ok[None, :]
-            qpos = (q_start + rows).to(tl.int64)[:, None]
-            q = tl.load(q_base + qpos * stride_qs, mask=q_mask, other=0.0)
-            do = tl.load(do_base + qpos * stride_dos, mask=q_mask, other=0.0)
-            lse = _load_lse_log2(lse_base, rows, sq)
-            delta = tl.load(delta_base + rows, mask=rows < sq, other=0.0)
-            # Transposed scores: [BLOCK_N, BLOCK_M], so dk/dv come out of plain dots.
-            st, tt = scores(mm(k, tl.trans(q), DOT_FP32, PREC), cols, rows, -diag,
-                            sm_scale, softcap, slope, HAS_SOFTCAP, HAS_ALIBI)
-            vis = tl.trans(visible(rows, cols, sq, sk, diag, window_left, window_right))
-            pt = tl.where(vis, tl.exp2(st * LOG2E - lse[None, :]), 0.0)
-            dv += mm(pt.to(do.dtype), do, DOT_FP32, PREC)
-            dpt = mm(v, tl.trans(do), DOT_FP32, PREC)
-            dst = pt * (dpt - delta[None, :])
-            if HAS_SOFTCAP:
-                dst = dst * (1.0 - tt * tt)
-            dk += mm(dst.to(q.dtype), q, DOT_FP32, PREC)
+            dk, dv = _dkdv_block(k, v, dk, dv, q_base, do_base, lse_base, delta_base, stride_qs,
+                                 stride_dos, q_start, start_m, full_lo, full_hi, offs_m, d_ok, cols,
+                                 sq, sk, diag, sm_scale, softcap, slope, window_left, window_right,
+                                 HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC)
 
     dk = dk * sm_scale
     tok = token_base(b, k_start, seqlen_k, IS_VARLEN) + cols
     offs = (tok[:, None] * n_heads_k + hk) * HEAD_DIM + offs_d[None, :]
     tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_block(q, do, lse, delta, dq, k_base, v_base, stride_ks, stride_vs, k_start, start_n,
+              full_lo, full_hi, offs_n, d_ok, rows, sq, sk, diag, sm_scale, softcap, slope,
+              window_left, window_right, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+              DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+    """dq contribution of one key block (element mask skipped for blocks inside the sequence
+    and the window)."""
+    cols = start_n + offs_n
+    kpos = (k_start + cols).to(tl.int64)[:, None]
+    kv_mask = (cols[:, None] < sk) & d_ok[None, :]
+    k = tl.load(k_base + kpos * stride_ks, mask=kv_mask, other=0.0)
+    v = tl.load(v_base + kpos * stride_vs, mask=kv_mask, other=0.0)
+    s, t = scores(mm(q, tl.trans(k), DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap,
+                  slope, HAS_SOFTCAP, HAS_ALIBI)
+    p = tl.exp2(s * LOG2E - lse[:, None])
+    if (start_n < full_lo) | (start_n >= full_hi):
+        p = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right), p, 0.0)
+    dp = mm(do, tl.trans(v), DOT_FP32, PREC)
+    ds = p * (dp - delta[:, None])
+    if HAS_SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    dq += mm(ds.to(k.dtype), k, DOT_FP32, PREC)
+    return dq
 
 
 @triton.jit
@@ -186,21 +233,12 @@ def attn_bwd_dq_kernel(
     hi = tl.minimum(last_row + diag + window_right + 1, sk)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    full_lo, full_hi = full_block_range(lo, hi, m_start, m_start + BLOCK_M - 1, diag, window_left,
+                                        window_right, sk, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_mask = (cols[:, None] < sk) & d_ok[None, :]
-        kpos = (k_start + cols).to(tl.int64)[:, None]
-        k = tl.load(k_base + kpos * stride_ks, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + kpos * stride_vs, mask=kv_mask, other=0.0)
-        s, t = scores(mm(q, tl.trans(k), DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap,
-                      slope, HAS_SOFTCAP, HAS_ALIBI)
-        vis = visible(rows, cols, sq, sk, diag, window_left, window_right)
-        p = tl.where(vis, tl.exp2(s * LOG2E - lse[:, None]), 0.0)
-        dp = mm(do, tl.trans(v), DOT_FP32, PREC)
-        ds = p * (dp - delta[:, None])
-        if HAS_SOFTCAP:
-            ds = ds * (1.0 - t * t)
-        dq += mm(ds.to(k.dtype), k, DOT_FP32, PREC)
+        dq = _dq_block(q, do, lse, delta, dq, k_base, v_base, stride_ks, stride_vs, k_start, start_n,
+                       full_lo, full_hi, offs_n, d_ok, rows, sq, sk, diag, sm_scale, softcap, slope,
+                       window_left, window_right, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC)
 
     dq = dq * sm_scale
     tok = token_base(b, q_start, seqlen_q, IS_VARLEN) + rows

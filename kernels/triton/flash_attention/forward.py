@@ -9,7 +9,38 @@ attention kernels ran out of SGPRs with the extra strides).
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mm, row_stat_base, scores, seq_bounds, token_base, visible
+from ._common import (LOG2E, full_block_range, mm, row_stat_base, scores, seq_bounds, token_base,
+                      visible)
+
+
+@triton.jit
+def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok, rows, sq, sk, diag,
+                  sm_scale, softcap, slope, window_left, window_right, start_n, full_lo, full_hi,
+                  m_i, l_i, acc,
+                  HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                  DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+    """One key block of the online softmax. The element mask is applied only to blocks that
+    are not entirely inside the sequence and the window (see full_block_range): a uniform
+    run-time branch, so the loop stays one software-pipelined loop (three loops, one per
+    region, spilled on sm80 and doubled compile time)."""
+    cols = start_n + offs_n
+    col_ok = cols < sk
+    kpos = (k_start + cols).to(tl.int64)
+    kt = tl.load(k_base + kpos[None, :] * stride_ks, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+    s, _ = scores(mm(q, kt, DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap, slope,
+                  HAS_SOFTCAP, HAS_ALIBI)
+    s = s * LOG2E
+    if (start_n < full_lo) | (start_n >= full_hi):
+        s = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right), s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row with nothing visible yet keeps max -inf; subtract 0 there to avoid inf - inf.
+    m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_new_safe[:, None])
+    alpha = tl.exp2(m_i - m_new_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, DOT_FP32, PREC)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -59,27 +90,17 @@ def attn_fwd_kernel(
     lo = (lo // BLOCK_N) * BLOCK_N
     hi = tl.minimum(last_row + diag + window_right + 1, sk)
 
+    full_lo, full_hi = full_block_range(lo, hi, m_start, m_start + BLOCK_M - 1, diag, window_left,
+                                        window_right, sk, BLOCK_N)
+
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < sk
-        kpos = (k_start + cols).to(tl.int64)
-        kt = tl.load(k_base + kpos[None, :] * stride_ks, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-        s, _ = scores(mm(q, kt, DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap, slope,
-                      HAS_SOFTCAP, HAS_ALIBI)
-        s = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right),
-                     s * LOG2E, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with nothing visible yet keeps max -inf; subtract 0 there to avoid inf - inf.
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, DOT_FP32, PREC)
-        m_i = m_new
+        m_i, l_i, acc = _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok,
+                                      rows, sq, sk, diag, sm_scale, softcap, slope, window_left,
+                                      window_right, start_n, full_lo, full_hi, m_i, l_i, acc,
+                                      HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC)
 
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

@@ -9,6 +9,10 @@ All compiles run in one subprocess with TRITON_INTERPRET=0 (conftest turns the i
 on in this process, and interpreted kernels cannot be compiled); each test checks its case.
 Pointers and the token/block strides are marked divisible by 16, as the JIT specialises
 them for aligned caches with head dims that are multiples of 16.
+
+Also run by hand with Triton 3.6 (the GPU machines' version) on 2026-11-26: every case clean
+(`PYTHONPATH=<triton-3.6 target dir> TRITON_INTERPRET=0 python tests/test_codegen_paged.py
+--compile-all`).
 """
 from __future__ import annotations
 

@@ -176,6 +176,9 @@ CASES = [
          seq_lens=[16, 31, 70], q_strided=True),
     dict(dtype=torch.bfloat16, hq=8, hkv=8, dim=64, q_len=1, block_size=256, splits=2,
          seq_lens=[1, 255, 300]),
+    # 3 x 8 = 24 rows > the 16-row tile allowed at D 256: two row chunks per KV head
+    dict(dtype=torch.float16, hq=8, hkv=1, dim=256, q_len=3, block_size=16, splits=2,
+         seq_lens=[3, 20]),
 ]
 
 
@@ -387,6 +390,9 @@ def test_supports_reasons():
     bad[0] = torch.zeros(2, 1, 8, 320, dtype=torch.float16)
     bad[1] = bad[2] = torch.zeros(4, 16, 2, 320, dtype=torch.float16)
     assert "head_dim" in L.paged_attention_supports(*bad)
+    ok = list(args)  # 16 x 8 = 128 rows: split over row chunks, still supported
+    ok[0] = torch.zeros(2, 16, 16, 64, dtype=torch.float16)
+    assert L.paged_attention_supports(*ok) is None
     bad = list(args)
     bad[1] = bad[2] = kc.to(torch.bfloat16)
     assert "differs" in L.paged_attention_supports(*bad)

@@ -27,7 +27,7 @@ def _tanh(x):
 def paged_decode_kernel(
     Q, K, V, BT, SL, ALIBI, OUT, LSE,
     qk_scale, v_scale, softcap, window_left,
-    q_len, group, head_dim, block_size, num_splits,
+    q_len, group, head_dim, block_size, num_splits, row_chunks,
     stride_qs, stride_qt, stride_qh, stride_qd,
     stride_kb, stride_kt, stride_kh, stride_kd,
     stride_vb, stride_vt, stride_vh, stride_vd,
@@ -40,6 +40,10 @@ def paged_decode_kernel(
     """Attention of the last q_len tokens of sequence ``s`` for the query heads of KV head
     ``kvh`` over this program's share of the keys.
 
+    Grid (num_seqs, Hkv * row_chunks, num_splits): when q_len * group exceeds the largest
+    tile that fits in registers (BLOCK_M), the rows are cut into ``row_chunks`` programs,
+    each re-reading the keys (only for large speculative q_len x GQA products).
+
     ``qk_scale`` = softmax_scale * k_scale (the fp8 key scale folded in; 1 otherwise);
     ``v_scale`` multiplies the result. OUT is contiguous [num_seqs, num_splits, q_len, Hq, D]
     and LSE contiguous [num_seqs, num_splits, Hq, q_len]: with num_splits == 1 that is the
@@ -48,11 +52,12 @@ def paged_decode_kernel(
     gfx90a/gfx942 the ~45 scalar arguments spilled SGPRs (18-49) before.
     """
     s = tl.program_id(0)
-    kvh = tl.program_id(1)
+    kvh = tl.program_id(1) // row_chunks
+    chunk = tl.program_id(1) % row_chunks
     split = tl.program_id(2)
 
     seq_len = tl.load(SL + s)
-    rows = tl.arange(0, BLOCK_M)
+    rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = rows // group
     head = kvh * group + rows % group
     row_ok = rows < q_len * group
@@ -133,7 +138,7 @@ def paged_decode_kernel(
     out = acc * (v_scale / tl.where(empty, 1.0, l_i))[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
 
-    hq = tl.num_programs(1) * group
+    hq = (tl.num_programs(1) // row_chunks) * group
     sp = s.to(tl.int64) * num_splits + split
     o_ptrs = OUT + ((sp * q_len + tok[:, None]) * hq + head[:, None]) * head_dim + d[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

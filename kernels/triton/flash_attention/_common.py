@@ -22,21 +22,28 @@ def mm(a, b, DOT_FP32: tl.constexpr, PREC: tl.constexpr):
 @triton.jit
 def scores(qk, rows, cols, diag, sm_scale, softcap, slope,
            HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """Raw q.k products -> attention logits (natural units), before masking.
+    """Raw q.k products -> attention logits in log2 units (s * log2(e), for exp2), before
+    masking.
 
-    Returns (s, t) where t = tanh(scaled / softcap) is what the backward needs for the
-    softcap derivative (1 - t^2); t is s itself when there is no softcap.
+    Returns (s2, t) where t = tanh(scaled / softcap) is what the backward needs for the
+    softcap derivative (1 - t^2); t is unused (the scaled logits) without a softcap. Without
+    softcap/ALiBi the scale and log2(e) fold into one multiply per element.
     """
-    s = qk * sm_scale
-    t = s
-    if HAS_SOFTCAP:
-        # tanh(x) = 2 sigmoid(2x) - 1: core Triton has no tanh that works on every target.
-        t = 2.0 * tl.sigmoid(2.0 * (s / softcap)) - 1.0
-        s = softcap * t
-    if HAS_ALIBI:
-        d = rows[:, None] + diag - cols[None, :]
-        s = s - slope * tl.abs(d).to(tl.float32)
-    return s, t
+    if HAS_SOFTCAP or HAS_ALIBI:
+        s = qk * sm_scale
+        t = s
+        if HAS_SOFTCAP:
+            # tanh(x) = 2 sigmoid(2x) - 1: core Triton has no tanh that works on every target.
+            t = 2.0 * tl.sigmoid(s * (2.0 / softcap)) - 1.0
+            s = softcap * t
+        if HAS_ALIBI:
+            d = rows[:, None] + diag - cols[None, :]
+            s = s - slope * tl.abs(d).to(tl.float32)
+        s2 = s * LOG2E
+    else:
+        s2 = qk * (sm_scale * LOG2E)
+        t = s2
+    return s2, t
 
 
 @triton.jit

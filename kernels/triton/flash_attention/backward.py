@@ -70,7 +70,7 @@ def _dkdv_block(k, v, dk, dv, q_base, do_base, lse_base, delta_base, stride_qs, 
     # Transposed scores: [BLOCK_N, BLOCK_M], so dk/dv come out of plain dots.
     st, tt = scores(mm(k, tl.trans(q), DOT_FP32, PREC), cols, rows, -diag,
                     sm_scale, softcap, slope, HAS_SOFTCAP, HAS_ALIBI)
-    pt = tl.exp2(st * LOG2E - lse[None, :])
+    pt = tl.exp2(st - lse[None, :])
     if (start_m < full_lo) | (start_m >= full_hi):
         pt = tl.where(tl.trans(visible(rows, cols, sq, sk, diag, window_left, window_right)), pt, 0.0)
     dv += mm(pt.to(do.dtype), do, DOT_FP32, PREC)
@@ -170,7 +170,7 @@ def _dq_block(q, do, lse, delta, dq, k_base, v_base, stride_ks, stride_vs, k_sta
     v = tl.load(v_base + kpos * stride_vs, mask=kv_mask, other=0.0)
     s, t = scores(mm(q, tl.trans(k), DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap,
                   slope, HAS_SOFTCAP, HAS_ALIBI)
-    p = tl.exp2(s * LOG2E - lse[:, None])
+    p = tl.exp2(s - lse[:, None])
     if (start_n < full_lo) | (start_n >= full_hi):
         p = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right), p, 0.0)
     dp = mm(do, tl.trans(v), DOT_FP32, PREC)
@@ -196,7 +196,7 @@ def attn_bwd_dq_kernel(
     IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (causal) blocks first
     b = tl.program_id(1)
     h = tl.program_id(2)
     hk = h // group

@@ -29,7 +29,6 @@ def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok
     kt = tl.load(k_base + kpos[None, :] * stride_ks, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
     s, _ = scores(mm(q, kt, DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap, slope,
                   HAS_SOFTCAP, HAS_ALIBI)
-    s = s * LOG2E
     if (start_n < full_lo) | (start_n >= full_hi):
         s = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -57,7 +56,9 @@ def attn_fwd_kernel(
     IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # Last query blocks first: under a causal mask they do the most work, so the long
+    # programs start early instead of forming the tail of the launch.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
     hk = h // group

@@ -134,7 +134,7 @@ def check_close(name, got, want, base, dtype, factor=2.0):
 
 def run_case(*, dtype=torch.float16, cache_dtype=None, q_len=1, hq=8, hkv=2, dim=64, block_size=16,
              seq_lens=None, splits=None, window_left=-1, softcap=0.0, alibi=None, shared=False,
-             kv_strided=False, q_strided=False, scales=(1.0, 1.0)):
+             kv_strided=False, q_strided=False, scales=(1.0, 1.0), meta_strided=False):
     device = _device()
     cache_dtype = cache_dtype or dtype
     bs = block_size
@@ -145,6 +145,10 @@ def run_case(*, dtype=torch.float16, cache_dtype=None, q_len=1, hq=8, hkv=2, dim
         q = torch.randn(len(seq_lens), q_len, hq, 2, dim, dtype=dtype, device=device)[:, :, :, 1]
     else:
         q = torch.randn(len(seq_lens), q_len, hq, dim, dtype=dtype, device=device)
+    if meta_strided:  # block table and seq_lens as strided views of wider tensors
+        table = torch.stack([table, torch.full_like(table, -5)], -1)[..., 0]
+        sl = torch.stack([sl, sl * 0 + 10 ** 6], 1)[:, 0]
+        assert not table.is_contiguous() and not sl.is_contiguous()
     slopes = None
     if alibi == "heads":
         slopes = torch.rand(hq, device=device) * 0.5
@@ -169,7 +173,8 @@ def run_case(*, dtype=torch.float16, cache_dtype=None, q_len=1, hq=8, hkv=2, dim
 CASES = [
     dict(dtype=torch.float16, hq=4, hkv=4, dim=64, q_len=1, block_size=16, splits=1),
     dict(dtype=torch.bfloat16, hq=8, hkv=2, dim=128, q_len=3, block_size=48, splits=3, shared=True),
-    dict(dtype=torch.float16, hq=8, hkv=1, dim=256, q_len=1, block_size=16, splits=4, kv_strided=True),
+    dict(dtype=torch.float16, hq=8, hkv=1, dim=256, q_len=1, block_size=16, splits=4, kv_strided=True,
+         meta_strided=True),
     dict(dtype=torch.bfloat16, hq=4, hkv=4, dim=80, q_len=2, block_size=1, splits=2,
          seq_lens=[2, 5, 9]),
     dict(dtype=torch.float16, hq=16, hkv=2, dim=64, q_len=16, block_size=32, splits=None,
@@ -322,6 +327,8 @@ def test_write_kv_cache(cache_dtype, slot_dtype, d):
     slots = torch.randperm(nb * bs)[:t]
     slots[[0, 4, 10]] = -1
     slots = slots.to(slot_dtype).to(device)
+    slots = torch.stack([slots, slots * 0 + 3], 1)[:, 0]  # a strided view
+    assert not slots.is_contiguous()
     scales = (0.5, 0.03) if cache_dtype in FP8 else (1.0, 1.0)
     want_k, want_v = kc.clone(), vc.clone()
     ref.write_kv_cache(k, v, want_k, want_v, slots, *scales)

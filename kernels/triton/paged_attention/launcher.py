@@ -154,7 +154,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
     else:
         alibi, sa = q, (0, 0)  # dummy pointer, never read (HAS_ALIBI False)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    seq_lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.to(torch.int32)
+    # The kernel indexes seq_lens without a stride: a strided view is made contiguous (tiny).
+    seq_lens = seq_lens.to(torch.int32).contiguous()
 
     def launch(cfg, splits, o, l):
         paged_decode_kernel[(num_seqs, hkv * row_chunks, splits)](
@@ -203,6 +204,7 @@ def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
     if t == 0:
         return None
     quant = k_cache.dtype in FP8_DTYPES
+    slot_mapping = slot_mapping.contiguous()  # indexed without a stride (no copy when contiguous)
     fp8_max = torch.finfo(k_cache.dtype).max if quant else 0.0
     cfg = _configs(k.device).write_config()
     block_d = triton.next_power_of_2(dim)

@@ -278,6 +278,19 @@ def test_merge_empty_sides():
     assert torch.equal(lse.transpose(0, 1)[keep], la.transpose(0, 1)[keep])
 
 
+def test_merge_is_stable_for_large_lse():
+    """lse of +-1000 (exp overflows fp32) merges exactly like the reference."""
+    device = _device()
+    oa, ob = torch.randn(2, 3, 4, 32, device=device), torch.randn(2, 3, 4, 32, device=device)
+    # lse [B=2, H=4, S=3]: per row 1000, -1000, 88 on side a; b differs by 1, -2, 0.5
+    la = torch.tensor([1000.0, -1000.0, 88.0], device=device).view(1, 1, 3).expand(2, 4, 3).contiguous()
+    lb = la - torch.tensor([1.0, -2.0, 0.5], device=device)
+    out, lse = L.merge_attention_states(oa, la, ob, lb)
+    r_out, r_lse = ref.merge_attention_states(oa, la, ob, lb)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert (out - r_out).abs().max().item() <= 1e-5 and (lse - r_lse).abs().max().item() <= 1e-3
+
+
 def test_paged_split_then_merge():
     """Two paged calls whose key sets partition the sequence merge into the full result:
     the second half through a window, the first as its complement computed by the reference."""

@@ -20,6 +20,7 @@ namespace {
 
 constexpr int kR = 4;          // query rows per register tile
 constexpr int kMaxRows = 64;   // query rows per work item
+constexpr int kPrefetchBlocks = 1;  // software prefetch distance, in key blocks
 constexpr float kNegInf = -__builtin_inff();
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -63,6 +64,24 @@ struct PagedSrc {
     return v + static_cast<int64_t>(bt[(j / block_size) * bt_s]) * vb_s + (j % block_size) * vo_s;
   }
 };
+
+// Software prefetch of rows [j, j + n) of K and V (each row_bytes long when the head dim is
+// contiguous). Decode (4 query rows per KV head) waits on memory more than it computes:
+// bench shape (8 x 4k ctx, 8 KV heads, D128 bf16), one core, 16.5 ms of CPU time per call
+// from DRAM vs 7.3 ms with the blocks cache-resident; perf puts the hot spots on the first
+// loads of each K/V row. Prefetching one block ahead measured ~10% less CPU time (a noisy,
+// shared machine: 2 or 4 blocks ahead were no better).
+template <class Src>
+inline void prefetch_rows(const Src& src, int64_t j, int n, int64_t row_bytes) {
+  for (int c = 0; c < n; ++c) {
+    const char* kr = src.krow(j + c);
+    const char* vr = src.vrow(j + c);
+    for (int64_t off = 0; off < row_bytes; off += 64) {
+      __builtin_prefetch(kr + off);
+      __builtin_prefetch(vr + off);
+    }
+  }
+}
 
 struct RowSet {
   int n = 0;                         // real rows (<= kMaxRows)
@@ -182,8 +201,13 @@ void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float s
     kbeg = imin(kbeg, rs.lo[r]);
     kend = imax(kend, rs.hi[r]);
   }
+  const int es = elem_bytes(src.kind);
+  const bool contiguous = src.k_ds == es && src.v_ds == es;
   for (int64_t j0 = kbeg; j0 < kend; j0 += Ops::BN) {
     const int n = static_cast<int>(imin(Ops::BN, kend - j0));
+    if (contiguous && j0 + kPrefetchBlocks * Ops::BN < kend)  // arrives while earlier blocks compute
+      prefetch_rows(src, j0 + kPrefetchBlocks * Ops::BN,
+                    static_cast<int>(imin(Ops::BN, kend - j0 - kPrefetchBlocks * Ops::BN)), D * es);
     Ops::pack(src, j0, n, D, w.dp, w.k, w.v);
     Ops::gemm_qk(w.q, w.k, w.s, nr, D, w.dp, qk_scale);
     for (int r = 0; r < nr; ++r) softmax_row<V, Ops>(rs, r, j0, n, softcap, alibi, w);

@@ -45,8 +45,18 @@ def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
     _ops().cpu_write_kv_cache(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale))
 
 
-def _common(tensors, q, v_dim, alibi_slopes):
+def _extension_reason(op_name: str):
+    """Why the C++ op cannot run here (no extension, or one built before this op existed)."""
     reason = _extension.unavailable_reason()
+    if reason:
+        return reason
+    if not hasattr(torch.ops.polykernels_C, op_name):
+        return f"C++ extension lacks polykernels_C.{op_name} (stale build: reinstall the package)"
+    return None
+
+
+def _common(tensors, q, v_dim, alibi_slopes, op_name):
+    reason = _extension_reason(op_name)
     if reason:
         return reason
     if any(t.device.type != "cpu" for t in tensors):
@@ -62,7 +72,7 @@ def _common(tensors, q, v_dim, alibi_slopes):
 
 def _attention_supports(q, k, v, causal, softmax_scale, window_left, window_right, softcap,
                         alibi_slopes):
-    reason = _common((q, k, v), q, v.shape[-1], alibi_slopes)
+    reason = _common((q, k, v), q, v.shape[-1], alibi_slopes, "cpu_attention_fwd")
     if reason is None and (k.dtype != q.dtype or v.dtype != q.dtype):
         reason = f"mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}"
     return reason
@@ -80,7 +90,7 @@ def _varlen_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 def _paged_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
                     window_right, softcap, alibi_slopes, k_scale, v_scale):
     reason = _common((q, k_cache, v_cache, block_table, seq_lens), q, v_cache.shape[-1],
-                     alibi_slopes)
+                     alibi_slopes, "cpu_paged_attention")
     if reason:
         return reason
     if k_cache.dtype not in (q.dtype, _FP8) or v_cache.dtype != k_cache.dtype:
@@ -91,7 +101,7 @@ def _paged_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
 
 
 def _write_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
-    reason = _extension.unavailable_reason()
+    reason = _extension_reason("cpu_write_kv_cache")
     if reason:
         return reason
     if any(t.device.type != "cpu" for t in (k, v, k_cache, v_cache, slot_mapping)):

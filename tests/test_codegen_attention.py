@@ -21,9 +21,16 @@ KINDS = ("fwd", "bwd_dkdv", "bwd_dq")
 CASES = [f"{k}:{dt}:{d}:plain:{t}" for t in TARGET_NAMES for k in KINDS for d in (64, 128)
          for dt in ("fp16", "bf16")]
 CASES += [f"fwd:fp16:256:plain:{t}" for t in TARGET_NAMES]
+CASES += [f"{k}:bf16:256:plain:{t}" for t in TARGET_NAMES for k in KINDS[1:]]
+# fp32 ("ieee" dots: FMA on NVIDIA, fp32 MFMA on AMD): spill-free, fits shared memory.
+CASES += [f"{k}:fp32:{d}:plain:{t}" for t in ("sm90", "gfx942") for k in KINDS for d in (128, 256)]
 CASES += [f"{k}:bf16:128:features:sm90" for k in KINDS]
 
 _MATRIX = {"sm80": "mma.sync", "sm90": "wgmma.mma_async", "gfx90a": "v_mfma", "gfx942": "v_mfma"}
+# The dk/dv kernel at head_dim 256 keeps 32 keys per program (64 would spill on sm90), below
+# wgmma's 64-row minimum: it uses mma.sync there (see configs_nvidia.bwd_dkdv_configs).
+_MATRIX_OVERRIDE = {"bwd_dkdv:bf16:256:plain:sm90": "mma.sync"}
+_MATRIX_OVERRIDE.update({c: "fma.rn.f32" for c in CASES if ":fp32:" in c and c.endswith(":sm90")})
 _ARCH = {"sm80": (8, 0), "sm90": (9, 0), "gfx90a": "gfx90a", "gfx942": "gfx942"}
 _DATA_PTRS = ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "LSE", "DELTA")
 
@@ -38,7 +45,7 @@ def _compile_case(case: str, cfg=None) -> dict:
     d, features = int(d), variant == "features"
     cfgs = configs_amd if target.startswith("gfx") else configs_nvidia
     if cfg is None:  # the vendor default for this shape
-        cfg = getattr(cfgs, f"{kind}_configs")(d, getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[dt]),
+        cfg = getattr(cfgs, f"{kind}_configs")(d, getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dt]),
                                                _ARCH[target])[0]
     kernel = {"fwd": forward.attn_fwd_kernel, "bwd_dkdv": backward.attn_bwd_dkdv_kernel,
               "bwd_dq": backward.attn_bwd_dq_kernel}[kind]
@@ -47,7 +54,7 @@ def _compile_case(case: str, cfg=None) -> dict:
         block_d *= 2
     consts = dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   IS_VARLEN=features, HAS_SOFTCAP=features, HAS_ALIBI=features, DOT_FP32=False,
-                  PREC=None)
+                  PREC="ieee" if dt == "fp32" else None)
     sig, cx, div16 = {}, {}, []
     for name in kernel.arg_names:
         if name in consts:
@@ -74,7 +81,7 @@ def _compile_case(case: str, cfg=None) -> dict:
     if "divisible_by_16" in inspect.signature(compile_for).parameters:
         kwargs["divisible_by_16"] = tuple(div16)
     c = compile_for(kernel, target, sig, cx, cfg.launch_options(), **kwargs)
-    return dict(has_matrix=_MATRIX[target] in c.asm, n_spills=c.n_spills, n_regs=c.n_regs,
+    return dict(has_matrix=_MATRIX_OVERRIDE.get(case, _MATRIX[target]) in c.asm, n_spills=c.n_spills, n_regs=c.n_regs,
                 shared=c.shared, config=str(cfg))
 
 
@@ -94,7 +101,8 @@ def test_codegen(compiled, case):
     r = compiled[case]
     assert "error" not in r, f"{case}: compile failed: {r.get('error')}"
     target = case.split(":")[-1]
-    assert r["has_matrix"], f"{case} ({r['config']}): no '{_MATRIX[target]}' in the assembly"
+    want = _MATRIX_OVERRIDE.get(case, _MATRIX[target])
+    assert r["has_matrix"], f"{case} ({r['config']}): no '{want}' in the assembly"
     assert r["n_spills"] == 0, f"{case} ({r['config']}): {r['n_spills']} spills, {r['n_regs']} registers"
 
 

@@ -25,6 +25,14 @@ TORCH_LIBRARY(polykernels_C, m) {
         "float k_scale, float v_scale) -> ()");
 
   // --- CPU matmul / quantized linear (issue 5) ---
+  m.def("matmul(Tensor a, Tensor b, Tensor? bias=None, str? activation=None, ScalarType? out_dtype=None) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, str? activation=None) -> Tensor");
+  m.def("quantized_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, Tensor? bias=None) -> Tensor");
+  // *_out: same, written into a caller-provided out (rows may be padded); tests poison it
+  m.def("matmul_out(Tensor a, Tensor b, Tensor? bias, str? activation, Tensor(a!) out) -> ()");
+  m.def("linear_out(Tensor x, Tensor weight, Tensor? bias, str? activation, Tensor(a!) out) -> ()");
+  m.def("quantized_linear_out(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, Tensor? bias, Tensor(a!) out) -> ()");
+  m.def("gemm_kernel_name(Tensor a, Tensor b) -> str");  // micro-kernel the CPU GEMM would use now (tests)
 
   // --- CUDA paged decode (issue 4) ---
   // Implemented for the CUDA key only (bindings/paged_attention_cuda.cpp, CUDA builds);

@@ -1,0 +1,214 @@
+"""C++ CPU GEMM with fused epilogue (matmul / linear) against the fp64 reference, on every
+ISA path (scalar, AVX2, AVX-512, AVX512-BF16).
+
+Tolerance rule (CONVENTIONS.md): the kernel's error against the fp64 reference is at most 2x
+the error of the same computation done by torch in the input dtype (matmul, + bias, then the
+activation, each in that dtype), plus a small absolute floor scaled by the output's magnitude
+(table below). Outputs are written through the `*_out` ops into a NaN-poisoned buffer whose
+rows are padded: every element must be written, the padding must stay NaN.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polykernels import _extension
+from polykernels import reference as ref
+
+pytestmark = pytest.mark.skipif(_extension.unavailable_reason() is not None,
+                                reason=f"{_extension.unavailable_reason()}")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+FLOOR = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}  # x max|ref|
+ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
+ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
+PAD = 3  # extra NaN columns after each output row
+
+
+def C():
+    return torch.ops.polykernels_C
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    _extension.load()
+    got = C().set_cpu_isa(request.param)
+    if got != request.param:  # capped: this CPU lacks the ISA, the path cannot run here
+        C().set_cpu_isa(C().detected_cpu_isa())
+        pytest.skip(f"CPU has no {request.param} (best: {got})")
+    yield got
+    C().set_cpu_isa(C().detected_cpu_isa())
+
+
+def torch_act(y, act):
+    if act is None:
+        return y
+    if act == "relu":
+        return F.relu(y)
+    if act == "gelu":
+        return F.gelu(y)
+    if act == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    return F.silu(y)
+
+
+def poisoned(shape, dtype):
+    """NaN buffer with PAD extra columns; returns (full buffer, the [..., N] view to write)."""
+    full = torch.full((*shape[:-1], shape[-1] + PAD), float("nan"), dtype=dtype)
+    return full, full[..., :shape[-1]]
+
+
+def check(name, out, full, ref64, base):
+    """out vs fp64 ref within 2x the torch same-dtype error `base` + floor; padding untouched."""
+    assert torch.isnan(full[..., out.shape[-1]:]).all(), f"{name}: wrote outside the output rows"
+    o, r = out.double(), ref64.double()
+    nan = torch.isnan(o)
+    assert not nan.any(), f"{name}: {int(nan.sum())} elements not written / NaN, first at {nan.nonzero()[0].tolist()}"
+    err = (o - r).abs()
+    base_err = (base.double() - r).abs().max().item()
+    bound = 2 * base_err + FLOOR[out.dtype] * max(1.0, r.abs().max().item())
+    worst = err.max().item()
+    if worst > bound:
+        idx = (err == worst).nonzero()[0].tolist()
+        raise AssertionError(f"{name}: max err {worst:.3g} at {idx} (got {o[tuple(idx)].item():.6g}, "
+                             f"want {r[tuple(idx)].item():.6g}); bound {bound:.3g} = 2 x torch {base_err:.3g} + floor")
+
+
+def rand(*shape, dtype):
+    return torch.randn(*shape, dtype=torch.float32).to(dtype)
+
+
+# (batch dims, M, K, N): size 1, M 7/65 (not multiples of the 6/8-row tiles), odd K (bf16
+# pairs get a zero high half), N odd and spanning several 16/32-column panels.
+SHAPES = [((), 1, 1, 1), ((), 7, 33, 5), ((2,), 65, 70, 31), ((2, 3), 7, 129, 67), ((), 16, 64, 96)]
+
+
+def run_matmul(a, b, bias, act, out_dtype):
+    shape = (*a.shape[:-1], b.shape[1])
+    full, out = poisoned(shape, out_dtype)
+    C().matmul_out(a, b, bias, act, out)
+    fresh = C().matmul(a, b, bias, act, out_dtype)
+    assert torch.equal(fresh, out), "matmul and matmul_out disagree"
+    return out, full
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_shapes_epilogues(isa, dtype):
+    for batch, m, k, n in SHAPES:
+        a = rand(*batch, m, k, dtype=dtype)
+        b = rand(k, n, dtype=dtype)
+        for act in ACTS:
+            for with_bias in (False, True):
+                bias = rand(n, dtype=dtype) if with_bias else None
+                out, full = run_matmul(a, b, bias, act, dtype)
+                r64 = ref.matmul(a.double(), b.double(), None if bias is None else bias.double(), act, torch.float64)
+                y = torch.matmul(a, b)
+                base = torch_act(y + bias if bias is not None else y, act)
+                check(f"{isa} {dtype} {batch}x{m}x{k}x{n} act={act} bias={with_bias}", out, full, r64, base)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_strided_operands(isa, dtype):
+    """Transposed / sliced a and b, a batch that cannot be merged, strided bias."""
+    m, k, n = 13, 45, 37
+    cases = {
+        "a^T": (rand(k, m, dtype=dtype).t(), rand(k, n, dtype=dtype)),
+        "b^T": (rand(m, k, dtype=dtype), rand(n, k, dtype=dtype).t()),
+        "both sliced": (rand(m, 2 * k, dtype=dtype)[:, ::2], rand(k, 3 * n, dtype=dtype)[:, 1::3]),
+        "batch permuted": (rand(m, 3, k, dtype=dtype).permute(1, 0, 2), rand(k, n, dtype=dtype)),
+        "batch sliced": (rand(4, m, k, dtype=dtype)[::2], rand(n, k, dtype=dtype).t()),
+    }
+    bias = rand(2 * n, dtype=dtype)[::2]
+    for name, (a, b) in cases.items():
+        out, full = run_matmul(a, b, bias, "gelu", dtype)
+        r64 = ref.matmul(a.double(), b.double(), bias.double(), "gelu", torch.float64)
+        check(f"{isa} {dtype} {name}", out, full, r64, F.gelu(torch.matmul(a, b) + bias))
+
+
+@pytest.mark.parametrize("in_dtype,out_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+                                                (torch.float16, torch.float32)])
+def test_matmul_out_dtype(isa, in_dtype, out_dtype):
+    a, b, bias = rand(2, 9, 50, dtype=in_dtype), rand(50, 41, dtype=in_dtype), rand(41, dtype=in_dtype)
+    out, full = run_matmul(a, b, bias, "silu", out_dtype)
+    r64 = ref.matmul(a.double(), b.double(), bias.double(), "silu", torch.float64)
+    # Baseline: torch in the input dtype, cast to the output dtype.
+    base = F.silu(torch.matmul(a, b) + bias).to(out_dtype)
+    check(f"{isa} {in_dtype}->{out_dtype}", out, full, r64, base)
+
+
+def test_matmul_degenerate(isa):
+    """K = 0 gives act(bias); M = 0 / N = 0 give empty outputs."""
+    bias = rand(5, dtype=torch.float32)
+    out = C().matmul(torch.empty(3, 0), torch.empty(0, 5), bias, "relu", None)
+    torch.testing.assert_close(out, F.relu(bias).expand(3, 5), rtol=0, atol=0)
+    assert C().matmul(torch.empty(0, 4), torch.randn(4, 5), None, None, None).shape == (0, 5)
+    assert C().matmul(torch.randn(3, 4), torch.empty(4, 0), None, None, None).shape == (3, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(isa, dtype):
+    """F.linear semantics: x [..., K], weight [N, K] (as stored, or a transposed view)."""
+    for xs, n in [((1, 1), 1), ((7, 33), 19), ((2, 3, 70), 65), ((65, 40), 33)]:
+        k = xs[-1]
+        x = rand(*xs, dtype=dtype)
+        for wname, w in [("w", rand(n, k, dtype=dtype)), ("w view", rand(k, n, dtype=dtype).t())]:
+            for act in ("gelu", None):
+                bias = rand(n, dtype=dtype)
+                full, out = poisoned((*xs[:-1], n), dtype)
+                C().linear_out(x, w, bias, act, out)
+                assert torch.equal(C().linear(x, w, bias, act), out), "linear and linear_out disagree"
+                r64 = ref.linear(x.double(), w.double(), bias.double(), act)
+                check(f"{isa} {dtype} linear {xs} N={n} {wname} act={act}", out, full, r64,
+                      torch_act(F.linear(x, w, bias), act))
+
+
+def test_linear_noncontiguous_x(isa):
+    x = rand(3, 10, 2 * 48, dtype=torch.bfloat16)[:, ::2, ::2]  # rows cannot be merged by a view
+    w = rand(37, 48, dtype=torch.bfloat16)
+    full, out = poisoned((3, 5, 37), torch.bfloat16)
+    C().linear_out(x, w, None, "relu", out)
+    check(f"{isa} linear strided x", out, full, ref.linear(x.double(), w.double(), None, "relu"),
+          F.relu(F.linear(x, w)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threads_identical(isa, dtype):
+    """Each output element comes from exactly one micro-kernel call: 1 and 2 threads agree bitwise."""
+    a, b, bias = rand(67, 130, dtype=dtype), rand(130, 75, dtype=dtype), rand(75, dtype=dtype)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = C().matmul(a, b, bias, "gelu_tanh", None)
+        torch.set_num_threads(2)
+        two = C().matmul(a, b, bias, "gelu_tanh", None)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one, two), f"1 vs 2 threads differ: max {(one.float() - two.float()).abs().max().item()}"
+
+
+def test_kernel_choice(isa):
+    """bf16 x bf16 uses vdpbf16ps only on the AVX512-BF16 path; everything else widens to fp32."""
+    bf, f32 = torch.empty(1, 1, dtype=torch.bfloat16), torch.empty(1, 1)
+    want_bf16 = {"scalar": "scalar_fp32", "avx2": "avx2_fp32", "avx512": "avx512_fp32", "avx512_bf16": "avx512_bf16"}
+    assert C().gemm_kernel_name(bf, bf) == want_bf16[isa]
+    assert C().gemm_kernel_name(f32, f32) == want_bf16[isa].replace("avx512_bf16", "avx512_fp32")
+
+
+def test_activation_accuracy(isa):
+    """The fused activations (own vectorisable exp/erfc) track torch's fp64 ones across the range."""
+    x = torch.linspace(-30, 30, 4001, dtype=torch.float32)[:, None]
+    eye = torch.ones(1, 1)
+    for act in ACTS[1:]:
+        got = C().matmul(x, eye, None, act, None).double()
+        want = ref.matmul(x.double(), eye.double(), None, act, torch.float64)
+        err = ((got - want).abs() / want.abs().clamp_min(1e-3)).max().item()
+        assert err < 2e-6, f"{isa} {act}: max relative error {err:.3g}"
+
+
+def test_bad_arguments():
+    _extension.load()
+    with pytest.raises(RuntimeError, match="activation"):
+        C().matmul(torch.randn(2, 3), torch.randn(3, 4), None, "tanh", None)
+    with pytest.raises(RuntimeError, match="'b'"):
+        C().matmul(torch.randn(2, 3), torch.randn(4, 4), None, None, None)
+    with pytest.raises(RuntimeError, match="'bias'"):
+        C().linear(torch.randn(2, 3), torch.randn(4, 3), torch.randn(3), None)

@@ -212,3 +212,14 @@ def test_bad_arguments():
         C().matmul(torch.randn(2, 3), torch.randn(4, 4), None, None, None)
     with pytest.raises(RuntimeError, match="'bias'"):
         C().linear(torch.randn(2, 3), torch.randn(4, 3), torch.randn(3), None)
+
+
+def test_dispatch_picks_cpp():
+    """Registered as impl "cpp" on the cpu backend: pk.matmul / pk.linear run it by default."""
+    import polykernels as pk
+    a, w, bias = rand(9, 40, dtype=torch.bfloat16), rand(24, 40, dtype=torch.bfloat16), rand(24, dtype=torch.bfloat16)
+    assert "chose cpp@cpu" in str(pk.explain("linear", a, w, bias, activation="gelu"))
+    assert torch.equal(pk.linear(a, w, bias, activation="gelu"), C().linear(a, w, bias, "gelu"))
+    assert "chose cpp@cpu" in str(pk.explain("matmul", a, w.t()))
+    assert torch.equal(pk.matmul(a, w.t(), bias=bias, out_dtype=torch.float32),
+                       C().matmul(a, w.t(), bias, None, torch.float32))

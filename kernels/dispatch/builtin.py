@@ -23,6 +23,7 @@ BUILTIN_IMPL_MODULES = [
     "polykernels.reference.register",
     "polykernels.cpu.register_merge",
     "polykernels.cpu.register_attention",  # issue 5 part 1: C++ CPU attention / paged / KV write
+    "polykernels.cpu.register_matmul",  # issue 5 part 2: C++ CPU matmul / linear / quantized_linear
 ]
 
 

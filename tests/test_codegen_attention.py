@@ -24,7 +24,7 @@ CASES += [f"fwd:fp16:256:plain:{t}" for t in TARGET_NAMES]
 CASES += [f"{k}:bf16:256:plain:{t}" for t in TARGET_NAMES for k in KINDS[1:]]
 # fp32 ("ieee" dots: FMA on NVIDIA, fp32 MFMA on AMD): spill-free, fits shared memory.
 CASES += [f"{k}:fp32:{d}:plain:{t}" for t in ("sm90", "gfx942") for k in KINDS for d in (128, 256)]
-CASES += [f"{k}:bf16:128:features:sm90" for k in KINDS]
+CASES += [f"{k}:bf16:{d}:features:{t}" for t in TARGET_NAMES for k in KINDS for d in (64, 128)]
 
 _MATRIX = {"sm80": "mma.sync", "sm90": "wgmma.mma_async", "gfx90a": "v_mfma", "gfx942": "v_mfma"}
 # The dk/dv kernel at head_dim 256 keeps 32 keys per program (64 would spill on sm90), below
@@ -46,7 +46,7 @@ def _compile_case(case: str, cfg=None) -> dict:
     cfgs = configs_amd if target.startswith("gfx") else configs_nvidia
     if cfg is None:  # the vendor default for this shape
         cfg = getattr(cfgs, f"{kind}_configs")(d, getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dt]),
-                                               _ARCH[target])[0]
+                                               _ARCH[target], features)[0]
     kernel = {"fwd": forward.attn_fwd_kernel, "bwd_dkdv": backward.attn_bwd_dkdv_kernel,
               "bwd_dq": backward.attn_bwd_dq_kernel}[kind]
     block_d = 16

@@ -1,6 +1,8 @@
 """Launch configs for NVIDIA GPUs (sm80 / sm90). The first candidate is the default.
 
-Chosen so that every config compiles without register spills on sm80 and sm90
+``features`` (softcap, ALiBi or varlen on) does not change the choice on NVIDIA: the
+defaults stay spill-free with them (checked on sm90 by the codegen test). Chosen so that every
+config compiles without register spills on sm80 and sm90
 (tests/test_codegen_attention.py checks the defaults); the autotuner, when present, times the
 other candidates once per shape bucket on the real device.
 """
@@ -15,7 +17,8 @@ def _c(bm, bn, warps, stages):
     return KernelConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
 
 
-def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
+def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int],
+                features: bool = False) -> list[KernelConfig]:
     if dtype == torch.float32:  # fp32 dots run on FMA units ("ieee"): keep tiles small
         # (measured spill-free: 64x32 at D128 on sm90, 32x16 at D256 on sm80)
         return [_c(64, 32, 4, 2), _c(32, 32, 4, 2)] if head_dim <= 128 else [_c(32, 16, 4, 1)]
@@ -28,7 +31,8 @@ def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) 
     return [_c(64, 64, 8, 2), _c(64, 32, 8, 2)]
 
 
-def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
+def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int],
+                     features: bool = False) -> list[KernelConfig]:
     """block_n = keys per program (dk/dv accumulate in registers), block_m = queries per step."""
     if dtype == torch.float32:  # 32x32/4 warps spills ~1 KB at D128: 8 warps
         return [_c(32, 32, 8, 1), _c(16, 32, 4, 1)] if head_dim <= 128 else [_c(16, 32, 8, 1), _c(16, 16, 8, 1)]
@@ -45,7 +49,8 @@ def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, i
     return [_c(32, 32, 8, 1), _c(16, 32, 4, 1)]
 
 
-def bwd_dq_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int]) -> list[KernelConfig]:
+def bwd_dq_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int],
+                   features: bool = False) -> list[KernelConfig]:
     """block_m = queries per program (dq accumulates in registers), block_n = keys per step."""
     if dtype == torch.float32:
         # 32x32 spills 496 bytes at D128 on sm90 (4 warps; 8 with 8 warps)

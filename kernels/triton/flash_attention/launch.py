@@ -32,15 +32,18 @@ def effective_window(causal: bool, window_left: int, window_right: int) -> tuple
     return left, right
 
 
-def _configs(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device) -> list[KernelConfig]:
+def _configs(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device,
+             features: bool) -> list[KernelConfig]:
+    """Vendor candidates; ``features``: softcap, ALiBi or varlen (more registers live)."""
     if interpreting() or device.type != "cuda":
         return [_INTERPRETER_CONFIG]
     if torch.version.hip:
         from . import configs_amd as cfg
         arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
-        return getattr(cfg, f"{kind}_configs")(head_dim, dtype, arch)
+        return getattr(cfg, f"{kind}_configs")(head_dim, dtype, arch, features)
     from . import configs_nvidia as cfg
-    return getattr(cfg, f"{kind}_configs")(head_dim, dtype, torch.cuda.get_device_capability(device))
+    return getattr(cfg, f"{kind}_configs")(head_dim, dtype, torch.cuda.get_device_capability(device),
+                                           features)
 
 
 def _pick(kind: str, kernel, bucket: tuple, candidates: list[KernelConfig], launch) -> KernelConfig:
@@ -122,6 +125,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
     left, right = effective_window(causal, window_left, window_right)
     alibi, sab, sah = _alibi_args(alibi_slopes, q)
     meta = _common_meta(q, softcap, alibi_slopes)
+    features = varlen or softcap > 0.0 or alibi_slopes is not None
     args = (q, k, v, out, lse, cu_q, cu_k, alibi,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), sab, sah,
             sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
@@ -134,7 +138,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
     bucket = _bucket(str(q.dtype), d, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
                      alibi_slopes is not None, varlen, group,
                      triton.next_power_of_2(max(max_seqlen_q, 1)), triton.next_power_of_2(max(max_seqlen_k, 1)))
-    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", d, q.dtype, q.device), launch))
+    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", d, q.dtype, q.device, features), launch))
     return out, lse
 
 
@@ -166,6 +170,7 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     left, right = effective_window(causal, window_left, window_right)
     alibi, sab, sah = _alibi_args(alibi_slopes, q)
     meta = _common_meta(q, softcap, alibi_slopes)
+    features = varlen or softcap > 0.0 or alibi_slopes is not None
 
     block_d = meta["BLOCK_D"]
     delta_bm = 32 if interpreting() else max(16, min(128, 8192 // block_d))
@@ -192,7 +197,7 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     bucket = _bucket(str(q.dtype), d, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
                      alibi_slopes is not None, varlen, group,
                      triton.next_power_of_2(max(max_seqlen_q, 1)), triton.next_power_of_2(max(max_seqlen_k, 1)))
-    launch_dkdv(_pick("bwd_dkdv", attn_bwd_dkdv_kernel, bucket, _configs("bwd_dkdv", d, q.dtype, q.device),
+    launch_dkdv(_pick("bwd_dkdv", attn_bwd_dkdv_kernel, bucket, _configs("bwd_dkdv", d, q.dtype, q.device, features),
                       launch_dkdv))
-    launch_dq(_pick("bwd_dq", attn_bwd_dq_kernel, bucket, _configs("bwd_dq", d, q.dtype, q.device), launch_dq))
+    launch_dq(_pick("bwd_dq", attn_bwd_dq_kernel, bucket, _configs("bwd_dq", d, q.dtype, q.device, features), launch_dq))
     return dq, dk, dv

@@ -135,6 +135,7 @@ def _t(*shape, dtype=F16, device="cpu"):
     ((_t(1, 4, 2, 64), _t(1, 4, 2, 64), _t(1, 4, 2, 32)), None, "head dims differ"),
     ((_t(1, 4, 2, 64),) * 3, torch.zeros(2, dtype=torch.float64), "alibi_slopes dtype"),
     ((_t(1, 4, 2, 64, device="meta"),) * 3, None, "not a CUDA/ROCm GPU"),
+    ((_t(40000, 1, 2, 16),) * 3, None, "dimension > 32768"),
 ])
 def test_supports_refuses_with_reason(qkv, alibi, why):
     reason = impl.attention_supports(*qkv, False, 0.1, -1, -1, 0.0, alibi)

@@ -14,10 +14,14 @@ from ..common import interpreting
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
-_MAX_GRID_YZ = 65535  # batch and heads ride on grid axes 1 and 2
+# Batch and heads ride on grid axes 1 and 2 (at most 65535). The limit sits on a power of two
+# because dispatch caches decisions per power-of-two size class: 2**15 is the largest such
+# bound below 65535 (sizes are checked on the tensors' own dimensions, cu_seqlens' length
+# for varlen).
+_MAX_GRID_YZ = 1 << 15
 
 
-def _supports(q, k, v, alibi_slopes, batch) -> str | None:
+def _supports(q, k, v, alibi_slopes, batch_dim) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     dev = q.device.type
@@ -41,8 +45,8 @@ def _supports(q, k, v, alibi_slopes, batch) -> str | None:
         return "q, k, v on different devices"
     if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
         return f"alibi_slopes dtype {alibi_slopes.dtype} is not fp32"
-    if batch > _MAX_GRID_YZ or q.shape[-2] > _MAX_GRID_YZ:
-        return f"batch {batch} or heads {q.shape[-2]} > {_MAX_GRID_YZ}"
+    if batch_dim > _MAX_GRID_YZ or q.shape[-2] > _MAX_GRID_YZ:
+        return f"batch ({batch_dim}) or heads ({q.shape[-2]}) dimension > {_MAX_GRID_YZ}"
     return None
 
 
@@ -59,13 +63,13 @@ def attention_backward_supports(dout, q, k, v, out, lse, causal, softmax_scale, 
 def varlen_attention_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                               causal, softmax_scale, window_left, window_right, softcap,
                               alibi_slopes):
-    return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel() - 1)
+    return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel())
 
 
 def varlen_attention_backward_supports(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                        max_seqlen_q, max_seqlen_k, causal, softmax_scale,
                                        window_left, window_right, softcap, alibi_slopes):
-    return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel() - 1)
+    return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel())
 
 
 def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):

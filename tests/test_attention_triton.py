@@ -115,6 +115,18 @@ def test_registered_signatures_match_reference():
         torch.testing.assert_close(a.double(), e, atol=5e-5, rtol=0)
 
 
+def test_backward_zero_stride_dout():
+    """dout as autograd hands it for out.sum(): an expanded scalar (all strides 0)."""
+    q, k, v = make_qkv(2, 20, 25, 2, 1, 16, F32)
+    args = (True, 0.25, -1, -1, 0.0, None)
+    out, lse = impl.attention(q, k, v, *args)
+    dout = torch.ones(1).expand(q.shape)
+    got = impl.attention_backward(dout, q, k, v, out, lse, *args)
+    want = ref.attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None, *args)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, atol=5e-5, rtol=0)
+
+
 def test_empty_key_sequence():
     """Sk = 0: every row fully masked (out 0, lse -inf), all gradients 0."""
     q, k, v = make_qkv(1, 5, 0, 2, 2, 32, F16)

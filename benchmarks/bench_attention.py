@@ -187,7 +187,7 @@ def _gpu_preset(report, device, quick):
         cases += sweep(64, ("fwd",)) + sweep(256, ("fwd",))
     cases += sweep(128, ("fwd+bwd",))
     for b, s, hq, hk, d, dtype, causal, passes, label in cases:
-        if budget.spent(f"{label}B{b} S{s} D{d} {'causal' if causal else 'full'}"):
+        if budget.spent(f"{label}B{b} S{s} D{d} {'causal' if causal else 'full'} {'/'.join(passes)}"):
             continue
         bench_case(report, device, b, s, hq, hk, d, dtype, causal, passes, label)
         torch.cuda.empty_cache()

@@ -34,16 +34,18 @@ def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int],
 def bwd_dkdv_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int],
                      features: bool = False) -> list[KernelConfig]:
     """block_n = keys per program (dk/dv accumulate in registers), block_m = queries per step."""
-    if dtype == torch.float32:  # 32x32/4 warps spills ~1 KB at D128: 8 warps
-        return [_c(32, 32, 8, 1), _c(16, 32, 4, 1)] if head_dim <= 128 else [_c(16, 32, 8, 1), _c(16, 16, 8, 1)]
+    if dtype == torch.float32:  # 32x32 spills at D128 on sm90 (~1 KB with 4 warps; 304 bytes
+        # with 8 warps on Triton 3.6)
+        return [_c(16, 32, 4, 1), _c(32, 32, 8, 1)] if head_dim <= 128 else [_c(16, 32, 8, 1), _c(16, 16, 8, 1)]
     if head_dim <= 64:
         if capability[0] >= 9:
             return [_c(32, 64, 4, 2), _c(32, 32, 4, 2), _c(32, 128, 8, 2)]
         # sm80: 32x64 needs 255 registers and spills 24 bytes with 2 stages (4 or 8 warps).
         return [_c(32, 32, 4, 2), _c(32, 64, 4, 1), _c(16, 64, 4, 2)]
     if head_dim <= 128:
-        # 4 warps spill on sm80 (and on sm90 with softcap/ALiBi); 8 warps do not.
-        return [_c(32, 64, 8, 2), _c(64, 64, 8, 2), _c(32, 128, 8, 2)]
+        # 4 warps spill on sm80 (and on sm90 with softcap/ALiBi); 8 warps do not. One stage:
+        # with two, Triton 3.6 spills 16 bytes on sm90 with softcap/ALiBi/varlen.
+        return [_c(32, 64, 8, 1), _c(32, 64, 8, 2), _c(64, 64, 8, 2)]
     # head_dim 256: 32 keys per program, so sm90 uses mma.sync rather than wgmma (which needs
     # 64 rows per warpgroup); 32x64 would get wgmma but spills 176 bytes. 4 warps spill 48.
     return [_c(32, 32, 8, 1), _c(16, 32, 4, 1)]

@@ -347,7 +347,9 @@ void gemm(const GemmArgs& g) {
 
     void* bpack = tl_b_buf.get(b_panel_bytes);
     int64_t packed = -1;
-#pragma omp for schedule(static)
+    // Dynamic: on a shared machine a thread that loses its core for a time slice would
+    // otherwise hold back the whole static partition (items are >= 4 per thread).
+#pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t jt = it / m_chunks, mc = it % m_chunks;
       const int64_t j0 = jt * d.nr;

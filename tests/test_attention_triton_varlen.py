@@ -38,7 +38,8 @@ def test_varlen_forward_backward(case):
     ([1000, 1, 0, 513, 2048], [1200, 700, 30, 513, 2048], 8, 2, 128, BF16, True, (-1, -1), 0.0, None),
     ([300, 1024], [300, 1024], 4, 4, 256, F16, False, (128, 0), 15.0, "h"),
 ], ids=_ids)
-def test_varlen_forward_backward_gpu(case):
+def test_varlen_forward_backward_gpu(case, monkeypatch):
+    monkeypatch.setenv("POLYKERNELS_AUTOTUNE", "0")  # vendor defaults, as in the dense GPU test
     check_varlen(case, "cuda")
 
 

@@ -223,3 +223,13 @@ def test_dispatch_picks_cpp():
     assert "chose cpp@cpu" in str(pk.explain("matmul", a, w.t()))
     assert torch.equal(pk.matmul(a, w.t(), bias=bias, out_dtype=torch.float32),
                        C().matmul(a, w.t(), bias, None, torch.float32))
+
+
+def test_nan_propagates(isa):
+    """A NaN in a row of a reaches that output row through every epilogue (no clamping it away)."""
+    a, b = rand(9, 20, dtype=torch.float32), rand(20, 40, dtype=torch.float32)
+    a[4, 7] = float("nan")
+    for act in ACTS:
+        out = C().matmul(a, b, None, act, None)
+        assert torch.isnan(out[4]).all(), f"{isa} act={act}: NaN lost in row 4"
+        assert not torch.isnan(out[torch.arange(9) != 4]).any(), f"{isa} act={act}: NaN leaked to other rows"

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <new>
 #include <cstring>
 
 #include "cpu_isa.h"
@@ -28,6 +29,10 @@ struct Buffer {
       std::free(p);
       cap = (bytes + 4095) & ~size_t(4095);
       p = std::aligned_alloc(64, cap);
+      if (p == nullptr) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
     }
     return p;
   }

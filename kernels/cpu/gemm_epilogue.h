@@ -85,7 +85,7 @@ PK_GEMM_INLINE void epilogue_row(float* row, const float* bias, int act, void* c
   switch (act) {
     case 1:
 #pragma omp simd
-      for (int j = 0; j < NR; ++j) row[j] = std::fmax(row[j], 0.f);
+      for (int j = 0; j < NR; ++j) row[j] = row[j] < 0.f ? 0.f : row[j];  // NaN stays NaN (as torch)
       break;
     case 2:
 #pragma omp simd

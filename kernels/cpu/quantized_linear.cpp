@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <new>
 #include <vector>
 
 #include "cpu_isa.h"
@@ -115,6 +116,10 @@ struct Buffer {
       std::free(p);
       cap = (bytes + 4095) & ~size_t(4095);
       p = std::aligned_alloc(64, cap);
+      if (p == nullptr) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
     }
     return p;
   }

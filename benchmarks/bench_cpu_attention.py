@@ -93,6 +93,24 @@ def _decode(report, quick, device):
     report.add(op="paged_attention", shape=shape, impl="cpp fp8 cache", ms=ms["cpp fp8 cache"],
                nbytes=nbytes // 2, peak_gbs=bw, baseline="torch")
 
+    # One thread each (the per-core picture; on a shared, oversubscribed machine a 2-thread
+    # call can wait for a descheduled worker thread, which short decode calls feel most).
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        src = torch.empty(64 << 20, dtype=torch.float32).uniform_()
+        dst = torch.empty_like(src)
+        fns1 = {"torch": fns["torch"], "cpp": fns["cpp"], "copy": lambda: dst.copy_(src)}
+        ms1 = _interleaved(fns1, rounds=5 if quick else 15)
+        bw1 = 2 * src.numel() * 4 / (ms1["copy"] * 1e-3) / 1e9
+    finally:
+        torch.set_num_threads(prev)
+    shape1 = shape + " 1 thread"
+    report.add(op="paged_attention", shape=shape1, impl="torch", ms=ms1["torch"], nbytes=nbytes, peak_gbs=bw1,
+               note="gather + SDPA")
+    report.add(op="paged_attention", shape=shape1, impl="cpp", ms=ms1["cpp"], nbytes=nbytes, peak_gbs=bw1,
+               baseline="torch", note=f"1-thread copy bw {bw1:.1f} GB/s")
+
 
 def run(report, device, quick: bool) -> None:
     if torch.device(device).type != "cpu":

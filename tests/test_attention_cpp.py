@@ -180,6 +180,12 @@ def test_allocates_without_out_and_validates():
     o, l = C().cpu_attention_fwd(q, k, v, causal, scale, wl, wr, softcap, slopes)
     ro, rl = reference(q, k, v, causal, scale, wl, wr, softcap, slopes)
     assert (o.double() - ro).abs().max() < 1e-5 and (l.double() - rl).abs().max() < 1e-4
+    # no keys at all: every row gives 0 and lse -inf (never NaN)
+    q0, k0 = torch.randn(1, 3, 2, 16), torch.randn(1, 0, 1, 16)
+    out = torch.full_like(q0, float("nan"))
+    lse = torch.full((1, 2, 3), float("nan"))
+    C().cpu_attention_fwd(q0, k0, k0, False, 0.25, -1, -1, 0.0, None, out, lse)
+    assert torch.equal(out, torch.zeros_like(out)) and bool((lse == float("-inf")).all())
     with pytest.raises(RuntimeError, match="heads_q"):
         C().cpu_attention_fwd(q, k[:, :, :1].expand(-1, -1, 3, -1), v[:, :, :1].expand(-1, -1, 3, -1),
                               causal, scale, wl, wr, softcap, None)

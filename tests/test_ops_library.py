@@ -67,14 +67,17 @@ def op_cases():
         ("attention", ops.attention.default, (q, k, v, True, 0.3, -1, -1, 0.0, None)),
         ("attention_window_alibi", ops.attention.default, (q, k, v, False, 0.3, 2, 1, 5.0, alibi)),
         ("attention_backward", ops.attention_backward.default,
-         (dout, q.detach(), k.detach(), v.detach(), out, lse, True, 0.3, -1, -1, 0.0, None)),
+         (dout, q.detach(), k.detach(), v.detach(), out, lse, True, 0.3, -1, -1, 0.0, None, None)),
+        ("attention_backward_dlse", ops.attention_backward.default,
+         (dout, q.detach(), k.detach(), v.detach(), out, lse, False, 0.3, 2, -1, 3.0, None,
+          torch.randn_like(lse))),
         ("varlen_attention", ops.varlen_attention.default,
          (vq.detach(), vk.detach(), vv.detach(), cu_q, cu_k, 4, 5, True, 0.3, -1, -1, 0.0, None)),
         ("varlen_attention_grad", ops.varlen_attention.default,
          (vq, vk, vv, cu_q, cu_k, 4, 5, False, 0.3, 3, -1, 1.5, torch.rand(3, 4))),
         ("varlen_attention_backward", ops.varlen_attention_backward.default,
          (torch.randn_like(vout), vq.detach(), vk.detach(), vv.detach(), vout, vlse, cu_q, cu_k,
-          4, 5, True, 0.3, -1, -1, 0.0, None)),
+          4, 5, True, 0.3, -1, -1, 0.0, None, torch.randn_like(vlse))),
         ("paged_attention", ops.paged_attention.default,
          (pq, kc, vc, table, lens, 0.3, -1, -1, 0.0, None, 1.0, 1.0)),
         ("write_kv_cache", ops.write_kv_cache.default,
@@ -114,33 +117,14 @@ def test_every_op_is_covered():
     assert defined == ALL_OPS, defined ^ ALL_OPS
 
 
-# opcheck's test_aot_dispatch_dynamic differentiates *every* output, lse included; varlen refuses
-# lse gradients by design (documented NotImplementedError), so with grad-requiring inputs that
-# one check is left out; the same op is also checked in full with inputs that need no grad.
 # test_schema compares inputs with ops CPU lacks for fp8 ("mul_cpu_reduced_float" not
 # implemented for Float8_e4m3fn): fp8 scaled_matmul runs the other checks, int8 runs them all.
 UTILS = {
-    "varlen_attention_grad": ("test_schema", "test_autograd_registration", "test_faketensor"),
     "scaled_matmul_fp8": ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"),
 }
 
-# Known failures: real bugs reported to the lead. Strict: the test turns red once fixed, so the
-# marker gets removed. Keyed by (case, impl).
-STRIDE_BUG = ("fake/real stride mismatch: the fake returns a contiguous tensor but the reference "
-              "impl returns the einsum's permuted layout (fix: custom op bodies return "
-              ".contiguous() results, fakes new_empty(shape); see report)")
-MERGE_STRIDE_BUG = ("fake/real stride mismatch: the fake returns empty_like(out_a) (a permuted "
-                    "out_a keeps its strides) but the cpp impl returns a contiguous tensor")
-MERGE_REF_STRIDE_BUG = ("fake/real stride mismatch: for contiguous inputs the reference merge returns "
-                        "a [.., H, S, D]-ordered layout (the product follows the transposed lse "
-                        "weights) while the fake returns empty_like(out_a)")
-KNOWN_BUGS = {
-    ("attention", "reference"): STRIDE_BUG,
-    ("attention_window_alibi", "reference"): STRIDE_BUG,
-    ("attention_backward", "reference"): STRIDE_BUG,
-    ("merge_attention_states", "reference"): MERGE_REF_STRIDE_BUG,
-    ("merge_attention_states_strided", "cpp"): MERGE_STRIDE_BUG,
-}
+# Known failures (case, impl) -> reason: real bugs, marked strict so a fix turns them red.
+KNOWN_BUGS: dict = {}
 
 
 def _op_name(op):
@@ -271,9 +255,6 @@ def test_compile_write_kv_cache_mutates_in_place():
     assert torch.equal(kc[1, 1], k[0]) and torch.equal(vc[4, 1], v[2])
 
 
-@pytest.mark.xfail(strict=True, reason="ops/attention.py _lse_grad_used() does bool((dlse != 0).any()) "
-                   "in the backward: a data-dependent branch that AOTAutograd cannot trace "
-                   "(GuardOnDataDependentSymNode); see report")
 def test_compile_attention_backward_matches_eager():
     def loss(q, k, v):
         return pk.attention(q, k, v, causal=True).square().sum()

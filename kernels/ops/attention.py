@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..dispatch import dispatch
+from ._run import empty_like_contiguous, run
 from . import checks
 
 # -- dense --------------------------------------------------------------------------------------
@@ -21,7 +21,7 @@ from . import checks
 def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float,
                window_left: int, window_right: int, softcap: float,
                alibi_slopes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    return dispatch("attention", q, k, v, causal, softmax_scale, window_left, window_right,
+    return run("attention", q, k, v, causal, softmax_scale, window_left, window_right,
                     softcap, alibi_slopes)
 
 
@@ -34,22 +34,15 @@ def _(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_
 @torch.library.custom_op("polykernels::attention_backward", mutates_args=())
 def _attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                         causal: bool, softmax_scale: float, window_left: int, window_right: int,
-                        softcap: float, alibi_slopes: Optional[Tensor]
+                        softcap: float, alibi_slopes: Optional[Tensor], dlse: Optional[Tensor]
                         ) -> tuple[Tensor, Tensor, Tensor]:
-    return dispatch("attention_backward", dout, q, k, v, out, lse, causal, softmax_scale,
-                    window_left, window_right, softcap, alibi_slopes)
+    return run("attention_backward", dout, q, k, v, out, lse, causal, softmax_scale,
+               window_left, window_right, softcap, alibi_slopes, dlse)
 
 
 @_attention_backward.register_fake
 def _(dout, q, k, v, out, lse, *rest):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _lse_grad_used(dlse: Optional[Tensor]) -> bool:
-    # Kernels' backward passes take no lse gradient (FlashAttention's do not either). When a
-    # caller differentiates through the returned lse, use the reference's full autograd so the
-    # answer is right instead of silently dropping that term. Costs one device sync.
-    return dlse is not None and bool((dlse != 0).any())
+    return empty_like_contiguous(q, k, v)
 
 
 def _attention_setup(ctx, inputs, output):
@@ -60,17 +53,12 @@ def _attention_setup(ctx, inputs, output):
 
 
 def _attention_grad(ctx, dout, dlse):
+    # dlse: the gradient flowing into the returned lse (zeros when lse is not used); every
+    # backward impl takes it (folded into delta = rowsum(dO * O) - dlse), so no branch here.
     q, k, v, out, lse, alibi = ctx.saved_tensors
     causal, scale, wl, wr, softcap = ctx.flags
-    if _lse_grad_used(dlse):
-        from ..reference.attention_ref import attention_math
-        with torch.enable_grad():
-            qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))
-            o, l = attention_math(qf, kf, vf, causal, scale, wl, wr, softcap, alibi)
-            dq, dk, dv = torch.autograd.grad((o, l), (qf, kf, vf), (dout.float(), dlse.float()))
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
     dq, dk, dv = _attention_backward(dout.contiguous(), q, k, v, out, lse, causal, scale, wl, wr,
-                                     softcap, alibi)
+                                     softcap, alibi, dlse)
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -119,7 +107,7 @@ def _varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k:
             max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
             window_left: int, window_right: int, softcap: float,
             alibi_slopes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    return dispatch("varlen_attention", q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    return run("varlen_attention", q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                     max_seqlen_k, causal, softmax_scale, window_left, window_right, softcap,
                     alibi_slopes)
 
@@ -134,16 +122,16 @@ def _(q, k, v, *rest):
 def _varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                      cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
                      max_seqlen_k: int, causal: bool, softmax_scale: float, window_left: int,
-                     window_right: int, softcap: float, alibi_slopes: Optional[Tensor]
-                     ) -> tuple[Tensor, Tensor, Tensor]:
-    return dispatch("varlen_attention_backward", dout, q, k, v, out, lse, cu_seqlens_q,
-                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-                    window_left, window_right, softcap, alibi_slopes)
+                     window_right: int, softcap: float, alibi_slopes: Optional[Tensor],
+                     dlse: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    return run("varlen_attention_backward", dout, q, k, v, out, lse, cu_seqlens_q,
+               cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+               window_left, window_right, softcap, alibi_slopes, dlse)
 
 
 @_varlen_backward.register_fake
 def _(dout, q, k, v, *rest):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return empty_like_contiguous(q, k, v)
 
 
 def _varlen_setup(ctx, inputs, output):
@@ -156,11 +144,8 @@ def _varlen_setup(ctx, inputs, output):
 def _varlen_grad(ctx, dout, dlse):
     q, k, v, out, lse, cu_q, cu_k, alibi = ctx.saved_tensors
     max_q, max_k, causal, scale, wl, wr, softcap = ctx.flags
-    if _lse_grad_used(dlse):
-        raise NotImplementedError("varlen_attention: gradients through the returned lse are not "
-                                  "supported; use pk.attention per sequence or detach lse")
     dq, dk, dv = _varlen_backward(dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
-                                  causal, scale, wl, wr, softcap, alibi)
+                                  causal, scale, wl, wr, softcap, alibi, dlse)
     return (dq, dk, dv) + (None,) * 10
 
 

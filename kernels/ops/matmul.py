@@ -10,14 +10,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..dispatch import dispatch
+from ._run import run
 from . import checks
 
 
 @torch.library.custom_op("polykernels::matmul", mutates_args=())
 def _matmul(a: Tensor, b: Tensor, bias: Optional[Tensor], activation: Optional[str],
             out_dtype: Optional[torch.dtype]) -> Tensor:
-    return dispatch("matmul", a, b, bias, activation, out_dtype)
+    return run("matmul", a, b, bias, activation, out_dtype)
 
 
 @_matmul.register_fake
@@ -40,7 +40,7 @@ def matmul_args(a, b, *, bias=None, activation=None, out_dtype=None):
 
 @torch.library.custom_op("polykernels::linear", mutates_args=())
 def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optional[str]) -> Tensor:
-    return dispatch("linear", x, weight, bias, activation)
+    return run("linear", x, weight, bias, activation)
 
 
 @_linear.register_fake
@@ -62,7 +62,7 @@ def linear_args(x, weight, bias=None, *, activation=None):
 @torch.library.custom_op("polykernels::scaled_matmul", mutates_args=())
 def _scaled(a: Tensor, b: Tensor, scale_a: Tensor, scale_b: Tensor, bias: Optional[Tensor],
             out_dtype: torch.dtype) -> Tensor:
-    return dispatch("scaled_matmul", a, b, scale_a, scale_b, bias, out_dtype)
+    return run("scaled_matmul", a, b, scale_a, scale_b, bias, out_dtype)
 
 
 @_scaled.register_fake
@@ -86,7 +86,7 @@ def scaled_matmul_args(a, b, scale_a, scale_b, *, bias=None, out_dtype=torch.bfl
 @torch.library.custom_op("polykernels::quantized_linear", mutates_args=())
 def _qlinear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bits: int,
              group_size: int, bias: Optional[Tensor]) -> Tensor:
-    return dispatch("quantized_linear", x, qweight, scales, zeros, bits, group_size, bias)
+    return run("quantized_linear", x, qweight, scales, zeros, bits, group_size, bias)
 
 
 @_qlinear.register_fake
@@ -109,7 +109,7 @@ def quantized_linear_args(x, qweight, scales, zeros=None, *, bits=4, group_size=
 
 @torch.library.custom_op("polykernels::grouped_matmul", mutates_args=())
 def _grouped(x: Tensor, weights: Tensor, group_sizes: Tensor) -> Tensor:
-    return dispatch("grouped_matmul", x, weights, group_sizes)
+    return run("grouped_matmul", x, weights, group_sizes)
 
 
 @_grouped.register_fake

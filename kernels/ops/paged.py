@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..dispatch import dispatch
+from ._run import empty_like_contiguous, run
 from . import checks
 
 
@@ -17,7 +17,7 @@ from . import checks
 def _paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
            softmax_scale: float, window_left: int, window_right: int, softcap: float,
            alibi_slopes: Optional[Tensor], k_scale: float, v_scale: float) -> tuple[Tensor, Tensor]:
-    return dispatch("paged_attention", q, k_cache, v_cache, block_table, seq_lens, softmax_scale,
+    return run("paged_attention", q, k_cache, v_cache, block_table, seq_lens, softmax_scale,
                     window_left, window_right, softcap, alibi_slopes, k_scale, v_scale)
 
 
@@ -62,7 +62,7 @@ def paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, *, softmax_
 @torch.library.custom_op("polykernels::write_kv_cache", mutates_args=("k_cache", "v_cache"))
 def _write_kv(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
               k_scale: float, v_scale: float) -> None:
-    dispatch("write_kv_cache", k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    run("write_kv_cache", k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
 @_write_kv.register_fake
@@ -89,12 +89,12 @@ def write_kv_cache_args(k, v, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_
 
 @torch.library.custom_op("polykernels::merge_attention_states", mutates_args=())
 def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
-    return dispatch("merge_attention_states", out_a, lse_a, out_b, lse_b)
+    return run("merge_attention_states", out_a, lse_a, out_b, lse_b)
 
 
 @_merge.register_fake
 def _(out_a, lse_a, out_b, lse_b):
-    return torch.empty_like(out_a), torch.empty_like(lse_a)
+    return empty_like_contiguous(out_a, lse_a)
 
 
 def merge_attention_states(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor):

@@ -86,10 +86,13 @@ def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap
 
 
 def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
-                       window_right, softcap, alibi_slopes):
+                       window_right, softcap, alibi_slopes, dlse=None):
     """Gradients (dq, dk, dv) by the explicit formulas (no autograd: this runs inside a custom
     op, below the autograd dispatch key). P is recomputed; out/lse are not needed.
-      dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dP * P));
+    ``dlse`` (fp32 [B, Hq, Sq] or None) is the gradient flowing into the returned lse:
+    d lse_i / d s_ij = P_ij, so it adds P * dlse_i to dS (kernels fold it into
+    delta = rowsum(dO * O) - dlse).
+      dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dP * P) + dlse);
       softcap: dS_raw = dS * (1 - tanh^2);  dQ = scale dS_raw K;  dK = scale dS_raw^T Q
     GQA: gradients of the query heads sharing a KV head are summed into it."""
     ct = compute_dtype(q)
@@ -112,6 +115,8 @@ def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_le
     dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
     dp = torch.einsum("bqhd,bkhd->bhqk", do, vf)
     ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    if dlse is not None:
+        ds = ds + p * dlse.to(ct)[..., None]
     if softcap > 0:
         ds = ds * (1 - t * t)
     dq = torch.einsum("bhqk,bkhd->bqhd", ds, kf) * softmax_scale
@@ -153,13 +158,15 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 def varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                               max_seqlen_q, max_seqlen_k, causal, softmax_scale, window_left,
-                              window_right, softcap, alibi_slopes):
+                              window_right, softcap, alibi_slopes, dlse=None):
+    """Per-sequence attention_backward; dlse fp32 [Hq, total_q] or None."""
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for b, q0, q1, k0, k1 in _sequences(cu_seqlens_q, cu_seqlens_k):
         if q1 == q0 or k1 == k0:
             continue
         g = attention_backward(dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1],
                                v[None, k0:k1], None, None, causal, softmax_scale, window_left,
-                               window_right, softcap, _slopes_for(alibi_slopes, b))
+                               window_right, softcap, _slopes_for(alibi_slopes, b),
+                               None if dlse is None else dlse[None, :, q0:q1])
         dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
     return dq, dk, dv

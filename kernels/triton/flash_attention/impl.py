@@ -56,7 +56,7 @@ def attention_supports(q, k, v, causal, softmax_scale, window_left, window_right
 
 
 def attention_backward_supports(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
-                                window_right, softcap, alibi_slopes):
+                                window_right, softcap, alibi_slopes, dlse=None):
     return _supports(q, k, v, alibi_slopes, q.shape[0])
 
 
@@ -68,7 +68,8 @@ def varlen_attention_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
 
 def varlen_attention_backward_supports(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                        max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-                                       window_left, window_right, softcap, alibi_slopes):
+                                       window_left, window_right, softcap, alibi_slopes,
+                                       dlse=None):
     return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel())
 
 
@@ -80,11 +81,12 @@ def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap
 
 
 def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
-                       window_right, softcap, alibi_slopes):
-    """-> (dq, dk, dv) shaped and typed like q, k, v; lse is the forward's fp32 [B, Hq, Sq]."""
+                       window_right, softcap, alibi_slopes, dlse=None):
+    """-> (dq, dk, dv) shaped and typed like q, k, v; lse is the forward's fp32 [B, Hq, Sq];
+    dlse (same shape, or None) is the gradient flowing into lse."""
     from .launch import backward
     return backward(dout, q, k, v, out, lse, None, None, 0, 0, causal, softmax_scale,
-                    window_left, window_right, softcap, alibi_slopes)
+                    window_left, window_right, softcap, alibi_slopes, dlse=dlse)
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
@@ -98,9 +100,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 def varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, causal, softmax_scale, window_left, window_right,
-                              softcap, alibi_slopes):
-    """-> (dq, dk, dv) shaped and typed like q, k, v; lse fp32 [Hq, total_q]."""
+                              softcap, alibi_slopes, dlse=None):
+    """-> (dq, dk, dv) shaped and typed like q, k, v; lse (and dlse) fp32 [Hq, total_q]."""
     from .launch import backward
     return backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
                     int(max_seqlen_k), causal, softmax_scale, window_left, window_right, softcap,
-                    alibi_slopes)
+                    alibi_slopes, dlse=dlse)

@@ -143,8 +143,13 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
 
 
 def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-             softmax_scale, window_left, window_right, softcap, alibi_slopes, dq=None, dk=None, dv=None):
-    """Flash attention backward. Returns (dq, dk, dv) shaped and typed like q, k, v."""
+             softmax_scale, window_left, window_right, softcap, alibi_slopes, dq=None, dk=None, dv=None,
+             dlse=None):
+    """Flash attention backward. Returns (dq, dk, dv) shaped and typed like q, k, v.
+
+    ``dlse`` (lse's shape, or None) is the gradient flowing into the returned lse. Since
+    d lse_i / d s_ij = P_ij, it enters as dS = P * (dP - (delta - dlse)): it is folded into
+    delta = rowsum(dO * O) after the pre-pass, so the main kernels are unchanged."""
     varlen = cu_seqlens_q is not None
     if varlen:
         batch = cu_seqlens_q.numel() - 1
@@ -177,6 +182,8 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     attn_bwd_delta_kernel[(triton.cdiv(max_seqlen_q, delta_bm), batch, hq)](
         out, dout, delta, cu_q, *_strides(out, varlen), *_strides(dout, varlen), sq_arg,
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=delta_bm, IS_VARLEN=varlen)
+    if dlse is not None:
+        delta -= dlse
 
     tail = (sab, sah, sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
     qkv_do = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))

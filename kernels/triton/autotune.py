@@ -10,6 +10,7 @@ driver, see TRAPS.md). ``POLYKERNELS_AUTOTUNE=0`` disables the search (first can
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -34,10 +35,20 @@ def _cache_file(device_name: str) -> str:
 
 
 def source_hash(kernel_fn) -> str:
-    """Hash of a @triton.jit function's source (changes whenever the kernel changes)."""
-    src = getattr(kernel_fn, "src", None) or getattr(kernel_fn, "fn", kernel_fn).__code__.co_code
-    data = src.encode() if isinstance(src, str) else bytes(src)
-    return hashlib.sha256(data).hexdigest()[:16]
+    """Hash of the source of the kernel's whole family: every .py file in the folder of the
+    module that defines it (kernels call shared @triton.jit helpers in sibling modules, and a
+    change there must invalidate the tuned configs too)."""
+    fn = getattr(kernel_fn, "fn", kernel_fn)
+    digest = hashlib.sha256()
+    try:
+        folder = os.path.dirname(inspect.getsourcefile(fn))
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+    except (TypeError, OSError):   # no source file (e.g. defined interactively)
+        digest.update(fn.__code__.co_code)
+    return digest.hexdigest()[:16]
 
 
 def _read(path: str) -> dict:

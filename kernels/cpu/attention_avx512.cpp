@@ -1,5 +1,8 @@
 // AVX-512 path of the CPU attention kernels: fp32 compute (bf16/fp16 converted while packing),
 // 16 lanes, key blocks of 64 (4 rows x 4 vectors = 16 accumulators of 32 zmm registers).
+// GCC 12 warns "__Y may be used uninitialized" inside its own AVX-512 intrinsic headers (the
+// undefined pass-through operand of the masked builtins; GCC bug 105593): a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <cmath>

@@ -20,7 +20,10 @@ PK_GEMM_INLINE uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f,
 // exp(x), x clamped to [-87.3, 88.0] (so the result is a normal float; callers only need
 // saturation there). Range reduction x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor on r.
 PK_GEMM_INLINE float fast_exp(float x) {
-  x = std::fmin(std::fmax(x, -87.3f), 88.0f);
+  // Ternaries, not std::fmin/fmax: those are libm calls without -ffast-math and stop GCC
+  // from vectorising the epilogue (measured: gelu cost 9 ns/element scalar). NaN stays NaN.
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.0f ? 88.0f : x;
   const float n = std::nearbyint(x * 1.44269504088896341f);
   float r = std::fma(n, -0.693145751953125f, x);
   r = std::fma(n, -1.428606765330187e-06f, r);

@@ -233,3 +233,21 @@ def test_nan_propagates(isa):
         out = C().matmul(a, b, None, act, None)
         assert torch.isnan(out[4]).all(), f"{isa} act={act}: NaN lost in row 4"
         assert not torch.isnan(out[torch.arange(9) != 4]).any(), f"{isa} act={act}: NaN leaked to other rows"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_few_rows(isa, dtype):
+    """<= 4 rows with K-contiguous weights take the unpacked dot-product path (AVX2 and up):
+    K below / between / above the 16-, 32- and 64-wide steps, masked tails, batched x."""
+    for xs in [(1,), (2,), (1, 3), (2, 2), (4,)]:
+        for k in (1, 15, 33, 64, 100, 129):
+            n = 23
+            x = rand(*xs, k, dtype=dtype)
+            w = rand(n, k, dtype=dtype)
+            bias = rand(n, dtype=dtype)
+            for act in ("silu", None):
+                full, out = poisoned((*xs, n), dtype)
+                C().linear_out(x, w, bias, act, out)
+                r64 = ref.linear(x.double(), w.double(), bias.double(), act)
+                check(f"{isa} {dtype} few rows x{xs} K={k} act={act}", out, full, r64,
+                      torch_act(F.linear(x, w, bias), act))

@@ -308,6 +308,159 @@ void pack_b_panel(const GemmArgs& g, const KernelDesc& d, int64_t j0, int nr, vo
   }
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Few rows (decode-style linear, R <= kSmallRows) with B's K contiguous (a linear weight
+// [N, K] as stored): packing B would cost more than the multiply, so each output column is
+// a dot product streamed straight from the weight row, parallel over N. x rows are copied
+// once (fp32, or bf16 for the vdpbf16ps kernel). Epilogue per element (N values only).
+
+constexpr int64_t kSmallRows = 4;
+
+struct SmallM {
+  const GemmArgs* g;
+  const void* x;  // [R][K] contiguous: fp32, or bf16 bits for the bf16 kernel
+  int64_t R;
+};
+
+inline void small_store(const SmallM& s, int64_t n, const float* res) {
+  const GemmArgs& g = *s.g;
+  const float b = g.bias ? load_as_float(g.bias, n * g.s_bias, g.bias_kind) : 0.f;
+  for (int64_t r = 0; r < s.R; ++r)
+    store_from_float(g.c, r * g.ldc + n, activation_ref(g.act, res[r] + b), g.c_kind);
+}
+
+PK_AVX512BF16 void small_bf16_avx512(const SmallM& s, int64_t n0, int64_t n1) {
+  const GemmArgs& g = *s.g;
+  const int64_t K = g.K, R = s.R;
+  const uint16_t* x = static_cast<const uint16_t*>(s.x);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* w = static_cast<const uint16_t*>(g.b) + n * g.sb_n;
+    __m512 acc[kSmallRows][2];
+    for (int r = 0; r < kSmallRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k), w1 = (__m512bh)_mm512_loadu_si512(w + k + 32);
+      for (int64_t r = 0; r < R; ++r) {
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_loadu_si512(x + r * K + k), w0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)_mm512_loadu_si512(x + r * K + k + 32), w1);
+      }
+    }
+    for (; k < K; k += 32) {  // masked tail: lanes past K load as zero
+      const __mmask32 m = K - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (K - k)) - 1;
+      const __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w + k);
+      for (int64_t r = 0; r < R; ++r)
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_maskz_loadu_epi16(m, x + r * K + k), w0);
+    }
+    float res[kSmallRows];
+    for (int64_t r = 0; r < R; ++r) res[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+    small_store(s, n, res);
+  }
+}
+
+// 16 weights from w + k as fp32 (fp32 / bf16 / fp16 storage), lanes >= rem zero.
+PK_AVX512 inline __m512 load_w16(const void* w, int kind, int64_t k, int64_t rem) {
+  const __mmask16 m = rem >= 16 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1);
+  if (kind == 0) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + k);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(w) + k);
+  if (kind == 1) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
+}
+
+PK_AVX512 void small_f32_avx512(const SmallM& s, int64_t n0, int64_t n1) {
+  const GemmArgs& g = *s.g;
+  const int64_t K = g.K, R = s.R;
+  const float* x = static_cast<const float*>(s.x);
+  const int64_t welem = g.b_kind == 0 ? 4 : 2;
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* w = static_cast<const char*>(g.b) + n * g.sb_n * welem;
+    __m512 acc[kSmallRows][2];
+    for (int r = 0; r < kSmallRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m512 w0 = load_w16(w, g.b_kind, k, 16), w1 = load_w16(w, g.b_kind, k + 16, 16);
+      for (int64_t r = 0; r < R; ++r) {
+        acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k), w0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k + 16), w1, acc[r][1]);
+      }
+    }
+    for (; k < K; k += 16) {
+      const int64_t rem = K - k;
+      const __mmask16 m = rem >= 16 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1);
+      const __m512 w0 = load_w16(w, g.b_kind, k, rem);
+      for (int64_t r = 0; r < R; ++r)
+        acc[r][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + r * K + k), w0, acc[r][0]);
+    }
+    float res[kSmallRows];
+    for (int64_t r = 0; r < R; ++r) res[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+    small_store(s, n, res);
+  }
+}
+
+PK_AVX2 inline __m256 load_w8(const void* w, int kind, int64_t k) {
+  if (kind == 0) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + k));
+  if (kind == 1) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
+
+PK_AVX2 void small_f32_avx2(const SmallM& s, int64_t n0, int64_t n1) {
+  const GemmArgs& g = *s.g;
+  const int64_t K = g.K, R = s.R;
+  const float* x = static_cast<const float*>(s.x);
+  const int64_t welem = g.b_kind == 0 ? 4 : 2;
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* w = static_cast<const char*>(g.b) + n * g.sb_n * welem;
+    __m256 acc[kSmallRows][2];
+    for (int r = 0; r < kSmallRows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m256 w0 = load_w8(w, g.b_kind, k), w1 = load_w8(w, g.b_kind, k + 8);
+      for (int64_t r = 0; r < R; ++r) {
+        acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8), w1, acc[r][1]);
+      }
+    }
+    float res[kSmallRows];
+    for (int64_t r = 0; r < R; ++r) {
+      const __m256 v = _mm256_add_ps(acc[r][0], acc[r][1]);
+      __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+      t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+      t = _mm_add_ss(t, _mm_movehdup_ps(t));
+      float tail = 0.f;
+      for (int64_t kk = k; kk < K; ++kk) tail += x[r * K + kk] * load_as_float(w, kk, g.b_kind);
+      res[r] = _mm_cvtss_f32(t) + tail;
+    }
+    small_store(s, n, res);
+  }
+}
+
+// Returns false when this call is not a small-M one (the packed GEMM then runs).
+bool small_m(const GemmArgs& g) {
+  const int64_t R = g.batch * g.M;
+  const Isa isa = active_isa();
+  if (R > kSmallRows || g.sb_k != 1 || g.K == 0 || isa < Isa::AVX2) return false;
+  const bool bf16 = isa == Isa::AVX512_BF16 && g.a_kind == 1 && g.b_kind == 1;
+  const size_t elem = bf16 ? 2 : 4;
+  void* xbuf = tl_a_buf.get(elem * static_cast<size_t>(R * g.K));
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t base = (r / g.M) * g.sa_b + (r % g.M) * g.sa_m;
+    for (int64_t k = 0; k < g.K; ++k) {
+      if (bf16) static_cast<uint16_t*>(xbuf)[r * g.K + k] = ld16(g.a, base + k * g.sa_k);
+      else static_cast<float*>(xbuf)[r * g.K + k] = load_as_float(g.a, base + k * g.sa_k, g.a_kind);
+    }
+  }
+  const SmallM s{&g, xbuf, R};
+  const int64_t blocks = (g.N + 15) / 16;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, g.num_threads))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * 16, n1 = std::min(g.N, n0 + 16);
+    if (bf16) small_bf16_avx512(s, n0, n1);
+    else if (isa >= Isa::AVX512) small_f32_avx512(s, n0, n1);
+    else small_f32_avx2(s, n0, n1);
+  }
+  return true;
+}
 }  // namespace
 
 const char* kernel_name(int a_kind, int b_kind) { return choose(a_kind, b_kind).name; }
@@ -322,6 +475,7 @@ float activation_ref(Act act, float x) {
 void gemm(const GemmArgs& g) {
   const int64_t R = g.batch * g.M;
   if (R == 0 || g.N == 0) return;
+  if (small_m(g)) return;
   const KernelDesc d = choose(g.a_kind, g.b_kind);
   const int64_t kd = d.pairs ? (g.K + 1) / 2 : g.K;  // 32-bit words per k-column of a panel
   const int64_t m_tiles = (R + d.mr - 1) / d.mr, n_tiles = (g.N + d.nr - 1) / d.nr;

@@ -175,14 +175,18 @@ def test_threads_identical(isa, dtype):
     """Each output element comes from exactly one micro-kernel call: 1 and 2 threads agree bitwise."""
     a, b, bias = rand(67, 130, dtype=dtype), rand(130, 75, dtype=dtype), rand(75, dtype=dtype)
     prev = torch.get_num_threads()
+    x, w = rand(3, 130, dtype=dtype), rand(75, 130, dtype=dtype)  # few-rows path
     try:
         torch.set_num_threads(1)
         one = C().matmul(a, b, bias, "gelu_tanh", None)
+        one_small = C().linear(x, w, bias, "gelu_tanh")
         torch.set_num_threads(2)
         two = C().matmul(a, b, bias, "gelu_tanh", None)
+        two_small = C().linear(x, w, bias, "gelu_tanh")
     finally:
         torch.set_num_threads(prev)
     assert torch.equal(one, two), f"1 vs 2 threads differ: max {(one.float() - two.float()).abs().max().item()}"
+    assert torch.equal(one_small, two_small), "few-rows path: 1 vs 2 threads differ"
 
 
 def test_kernel_choice(isa):

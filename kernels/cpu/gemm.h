@@ -8,6 +8,10 @@
 //    applies bias + activation and the output cast before one store, so every output
 //    element is produced by exactly one micro-kernel call: results do not depend on the
 //    number of threads (bitwise identical for 1 vs N threads).
+//  * At most 4 rows with B's K contiguous (decode-style linear on a [N, K] weight): no
+//    packing; each output is a dot product streamed from the weight row, parallel over N.
+//  * Packing buffers are thread-local and grow-only (kept between calls: no page faults on
+//    fresh memory per call); they hold at most the packed A plus one B panel per thread.
 //  * ISA path chosen at run time (pk::cpu::active_isa()): AVX512-BF16 (vdpbf16ps, both
 //    operands bf16), AVX-512 fp32 FMA, AVX2 fp32 FMA, portable scalar. bf16/fp16 operands on
 //    the fp32 paths are widened while packing.

@@ -205,7 +205,10 @@ void quantized_linear_out_cpu(const at::Tensor& x, const at::Tensor& qweight, co
   quantized_linear_into(x, qweight, scales, zeros, bits, group_size, bias, &out, nullptr);
 }
 
-std::string quantized_linear_path(int64_t rows) { return pk::cpu::qlinear::path_name(rows); }
+std::string quantized_linear_path(int64_t rows, int64_t bits, at::ScalarType x_dtype, int64_t group_size) {
+  const int kind = x_dtype == at::kFloat ? 0 : x_dtype == at::kBFloat16 ? 1 : 2;
+  return pk::cpu::qlinear::path_name(rows, static_cast<int>(bits), kind, group_size);
+}
 
 }  // namespace
 
@@ -224,5 +227,5 @@ TORCH_LIBRARY_IMPL(polykernels_C, CompositeExplicitAutograd, m) {
 
 // Not tensor ops: plain functions registered as catch-all kernels.
 TORCH_LIBRARY_FRAGMENT(polykernels_C, m) {
-  m.def("quantized_linear_path(int rows) -> str", &quantized_linear_path);
+  m.def("quantized_linear_path(int rows, int bits, ScalarType x_dtype, int group_size) -> str", &quantized_linear_path);
 }

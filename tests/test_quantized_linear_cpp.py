@@ -98,7 +98,7 @@ def test_quantized_linear(isa, bits, dtype):
                 x = torch.randn(rows, k).to(dtype)
                 out = run(x, qw, s, z, bits, gs, bias)
                 check(f"{isa} int{bits} {dtype} rows={rows} K={k} gs={gs} zeros={not symmetric} "
-                      f"path={C().quantized_linear_path(rows)}", x, qw, s, z, bits, gs, bias, out)
+                      f"path={C().quantized_linear_path(rows, bits, dtype, k if gs == -1 else gs)}", x, qw, s, z, bits, gs, bias, out)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -122,6 +122,17 @@ def test_quantized_linear_layouts(isa, bits):
         qw2, s2, z2 = make(n, k, bits, gs, True, torch.float32)
         x = torch.randn(5, k)
         check(f"{isa} int{bits} gs={gs}", x, qw2, s2, z2, bits, gs, None, run(x, qw2, s2, z2, bits, gs, None))
+
+
+def test_path_choice(isa):
+    """Which kernel runs, so the matrix above provably covers each one on its ISA."""
+    P = C().quantized_linear_path
+    assert P(17, 4, torch.bfloat16, 128) == "dequant_gemm"
+    want = {"scalar": "gemv_scalar", "avx2": "gemv_avx2", "avx512": "gemv_avx512", "avx512_bf16": "gemv_avx512"}[isa]
+    assert P(16, 8, torch.bfloat16, 128) == want
+    assert P(1, 4, torch.float32, 128) == want
+    assert P(1, 4, torch.bfloat16, 32) == want  # group not a multiple of 64
+    assert P(1, 4, torch.bfloat16, 64) == ("gemv_int4_bf16" if isa == "avx512_bf16" else want)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 40])

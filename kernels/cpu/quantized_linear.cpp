@@ -289,9 +289,11 @@ void run_panels(const QLinearArgs& a) {
 
 }  // namespace
 
-const char* path_name(int64_t rows) {
-  if (rows > kGemvMaxRows) return "dequant_gemm";  // (int4 + bf16 x + group % 64 == 0 on
-  // AVX512-BF16 takes gemv_int4_bf16 instead of gemv_avx512)
+const char* path_name(int64_t rows, int bits, int x_kind, int64_t group_size) {
+  if (rows > kGemvMaxRows) return "dequant_gemm";
+  QLinearArgs a;
+  a.rows = rows; a.bits = bits; a.x_kind = x_kind; a.group_size = group_size;
+  if (use_int4_bf16(a)) return "gemv_int4_bf16";
   const Isa isa = active_isa();
   return isa >= Isa::AVX512 ? "gemv_avx512" : isa == Isa::AVX2 ? "gemv_avx2" : "gemv_scalar";
 }

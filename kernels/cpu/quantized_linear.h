@@ -6,7 +6,8 @@
 // per byte; int4: [N, K/2], element 2j in the low nibble of byte j, 2j+1 in the high one.
 //
 // rows <= kGemvMaxRows: a GEMV-style kernel streams each weight row once, dequantising in
-// registers (parallel over N). More rows: a panel of weight rows is dequantised to fp32
+// registers (parallel over N); int4 with bf16 activations on AVX512-BF16 (group_size a
+// multiple of 64) maps codes to bf16 through a table and uses vdpbf16ps. More rows: a panel of weight rows is dequantised to fp32
 // and multiplied with the GEMM (gemm.h), panel by panel.
 #pragma once
 #include <cstdint>
@@ -41,7 +42,7 @@ struct QLinearArgs {
 
 void quantized_linear(const QLinearArgs& args);
 
-// Which kernel quantized_linear() would run now for this many rows (tests, benchmarks).
-const char* path_name(int64_t rows);
+// Which kernel quantized_linear() would run now (tests, benchmarks); group_size resolved (> 0).
+const char* path_name(int64_t rows, int bits, int x_kind, int64_t group_size);
 
 }  // namespace pk::cpu::qlinear

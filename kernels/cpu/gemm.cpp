@@ -210,29 +210,30 @@ PK_AVX512 void uk_avx512_f32(int64_t K, const void* ap, const void* bp, const Ep
 
 // AVX512-BF16: same tile; each vdpbf16ps adds a[k]b[k] + a[k+1]b[k+1] (bf16 products are
 // exact in fp32, accumulation in fp32), so one instruction does two K steps.
+constexpr int BF_MR = 12;  // 24 zmm accumulators + 2 B + 1 broadcast
 PK_AVX512BF16 void uk_avx512bf16(int64_t KP, const void* ap, const void* bp, const Epi& e) {
   const uint32_t* A = static_cast<const uint32_t*>(ap);
   const uint32_t* B = static_cast<const uint32_t*>(bp);
-  __m512 acc[8][2];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  __m512 acc[BF_MR][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < BF_MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t kp = 0; kp < KP; ++kp) {
     const __m512bh b0 = (__m512bh)_mm512_load_si512(B + 32 * kp);
     const __m512bh b1 = (__m512bh)_mm512_load_si512(B + 32 * kp + 16);
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[8 * kp + i]));
+#pragma GCC unroll 12
+    for (int i = 0; i < BF_MR; ++i) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[BF_MR * kp + i]));
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
   }
-  alignas(64) float t[8 * 32];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
+  alignas(64) float t[BF_MR * 32];
+#pragma GCC unroll 12
+  for (int i = 0; i < BF_MR; ++i) {
     _mm512_store_ps(t + 32 * i, acc[i][0]);
     _mm512_store_ps(t + 32 * i + 16, acc[i][1]);
   }
-  finish<8, 32>(t, e);
+  finish<BF_MR, 32>(t, e);
 }
 
 // AVX2 fp32: 6 x 16 tile = 12 ymm accumulators (16 registers in all).
@@ -284,7 +285,7 @@ struct KernelDesc {
 
 KernelDesc choose(int a_kind, int b_kind) {
   const Isa isa = active_isa();
-  if (isa == Isa::AVX512_BF16 && a_kind == 1 && b_kind == 1) return {uk_avx512bf16, 8, 32, true, "avx512_bf16"};
+  if (isa == Isa::AVX512_BF16 && a_kind == 1 && b_kind == 1) return {uk_avx512bf16, BF_MR, 32, true, "avx512_bf16"};
   if (isa >= Isa::AVX512) return {uk_avx512_f32, 8, 32, false, "avx512_fp32"};
   if (isa == Isa::AVX2) return {uk_avx2_f32, 6, 16, false, "avx2_fp32"};
   return {uk_scalar_f32, 4, 16, false, "scalar_fp32"};

@@ -127,7 +127,8 @@ def test_quantized_linear_layouts(isa, bits):
 def test_path_choice(isa):
     """Which kernel runs, so the matrix above provably covers each one on its ISA."""
     P = C().quantized_linear_path
-    assert P(17, 4, torch.bfloat16, 128) == "dequant_gemm"
+    assert P(17, 4, torch.float32, 128) == "dequant_gemm"
+    assert P(17, 4, torch.bfloat16, 128) == ("dequant_bf16_gemm" if isa == "avx512_bf16" else "dequant_gemm")
     want = {"scalar": "gemv_scalar", "avx2": "gemv_avx2", "avx512": "gemv_avx512", "avx512_bf16": "gemv_avx512"}[isa]
     assert P(16, 8, torch.bfloat16, 128) == want
     assert P(1, 4, torch.float32, 128) == want

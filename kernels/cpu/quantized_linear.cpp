@@ -244,19 +244,24 @@ void run_gemv(const QLinearArgs& a) {
 }
 
 // Weight rows [n0, n0 + nb) dequantised to fp32 [nb, K]: (u - z) * s, the reference's order.
-void dequant_panel(const QLinearArgs& a, int64_t n0, int64_t nb, float* w) {
+// bf16 = true: rounded to bf16 (the GEMM's vdpbf16ps path for bf16 activations; no worse
+// than dequantising to the activations' dtype, which is what torch would do).
+void dequant_panel(const QLinearArgs& a, int64_t n0, int64_t nb, void* w, bool bf16) {
   const int64_t K = a.K, gs = a.group_size;
 #pragma omp parallel for schedule(static) num_threads(std::max(1, a.num_threads))
   for (int64_t i = 0; i < nb; ++i) {
     const int64_t n = n0 + i;
     const uint8_t* q = a.q + n * a.sq_n;
-    float* row = w + i * K;
+    float* row = static_cast<float*>(w) + i * K;
+    uint16_t* row16 = static_cast<uint16_t*>(w) + i * K;
     for (int64_t g = 0; g < K / gs; ++g) {
       const float s = load_as_float(a.scales, n * a.ss_n + g * a.ss_g, a.s_kind);
       const float z = a.zeros ? load_as_float(a.zeros, n * a.sz_n + g * a.sz_g, a.z_kind) : float(1 << (a.bits - 1));
       for (int64_t k = g * gs; k < (g + 1) * gs; ++k) {
         const int u = a.bits == 8 ? q[k] : (k & 1 ? q[k >> 1] >> 4 : q[k >> 1] & 15);
-        row[k] = (static_cast<float>(u) - z) * s;
+        const float v = (static_cast<float>(u) - z) * s;
+        if (bf16) row16[k] = float_to_bf16(v);
+        else row[k] = v;
       }
     }
   }
@@ -267,15 +272,16 @@ void run_panels(const QLinearArgs& a) {
   const int64_t K = std::max<int64_t>(a.K, 1);
   const int64_t nb_max = std::clamp<int64_t>((int64_t(1) << 20) / K / 32 * 32, 32, 1024);
   float* w = static_cast<float*>(tl_w_buf.get(sizeof(float) * nb_max * K));
+  const bool bf16 = a.x_kind == 1 && active_isa() == Isa::AVX512_BF16;
   const int64_t bias_elem = a.bias_kind == 0 ? 4 : 2, out_elem = a.out_kind == 0 ? 4 : 2;
   for (int64_t n0 = 0; n0 < a.N; n0 += nb_max) {
     const int64_t nb = std::min(nb_max, a.N - n0);
-    dequant_panel(a, n0, nb, w);
+    dequant_panel(a, n0, nb, w, bf16);
     gemm::GemmArgs g;
     g.a = a.x; g.a_kind = a.x_kind;
     g.batch = 1; g.M = a.rows; g.K = a.K; g.N = nb;
     g.sa_b = 0; g.sa_m = a.sx_r; g.sa_k = a.sx_k;
-    g.b = w; g.b_kind = 0; g.sb_k = 1; g.sb_n = a.K;
+    g.b = w; g.b_kind = bf16 ? 1 : 0; g.sb_k = 1; g.sb_n = a.K;
     if (a.bias) {
       g.bias = static_cast<const char*>(a.bias) + n0 * a.s_bias * bias_elem;
       g.bias_kind = a.bias_kind; g.s_bias = a.s_bias;
@@ -290,7 +296,8 @@ void run_panels(const QLinearArgs& a) {
 }  // namespace
 
 const char* path_name(int64_t rows, int bits, int x_kind, int64_t group_size) {
-  if (rows > kGemvMaxRows) return "dequant_gemm";
+  if (rows > kGemvMaxRows)
+    return x_kind == 1 && active_isa() == Isa::AVX512_BF16 ? "dequant_bf16_gemm" : "dequant_gemm";
   QLinearArgs a;
   a.rows = rows; a.bits = bits; a.x_kind = x_kind; a.group_size = group_size;
   if (use_int4_bf16(a)) return "gemv_int4_bf16";

@@ -50,15 +50,25 @@ def include_dirs(pkg_dir: str) -> list[str]:
     return [os.path.join(pkg_dir, "cpu"), os.path.join(pkg_dir, "cuda")]
 
 
+def cxx_std() -> str:
+    """torch >= 2.14's headers require C++20; older ones are built as C++17 (as torch is)."""
+    try:
+        import torch
+        major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    except (ImportError, ValueError):
+        return "c++17"
+    return "c++20" if (major, minor) >= (2, 14) else "c++17"
+
+
 def cxx_flags() -> list[str]:
     # -O3 plus OpenMP. No -march=native: the binary must run on any x86-64; ISA-specific
     # code paths use function target attributes and are picked at run time from CPU flags.
-    return ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wno-unused-function",
+    return ["-O3", f"-std={cxx_std()}", "-fopenmp", "-Wall", "-Wno-unused-function",
             "-Wno-unknown-pragmas"]
 
 
 def nvcc_flags() -> list[str]:
-    return ["-O3", "-std=c++17", "--use_fast_math",
+    return ["-O3", f"-std={cxx_std()}", "--use_fast_math",
             "-gencode=arch=compute_80,code=sm_80",
             "-gencode=arch=compute_90a,code=sm_90a"]
 

@@ -20,22 +20,10 @@ pytestmark = pytest.mark.skipif(_extension.unavailable_reason() is not None,
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FLOOR = {torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 5e-4}  # absolute floor
 LSE_TOL = 2e-4   # lse is fp32 from exact inputs: same for every dtype
-ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
 
 
 def C():
     return torch.ops.polykernels_C
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    _extension.load()
-    got = C().set_cpu_isa(request.param)
-    if got != request.param:  # capped: this CPU lacks the ISA, the path cannot run here
-        C().set_cpu_isa(C().detected_cpu_isa())
-        pytest.skip(f"CPU has no {request.param} (best: {got})")
-    yield got
-    C().set_cpu_isa(C().detected_cpu_isa())
 
 
 def torch_same_dtype(q, k, v, causal, scale, wl, wr, softcap, alibi):

@@ -14,7 +14,7 @@ from polykernels import _extension
 from polykernels import reference as ref
 from polykernels.reference.paged_ref import gather_kv
 
-from test_attention_cpp import FLOOR, LSE_TOL, isa, torch_same_dtype  # noqa: F401  (fixture)
+from test_attention_cpp import FLOOR, LSE_TOL, torch_same_dtype
 
 pytestmark = pytest.mark.skipif(_extension.unavailable_reason() is not None,
                                 reason=f"{_extension.unavailable_reason()}")

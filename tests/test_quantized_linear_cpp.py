@@ -19,23 +19,11 @@ pytestmark = pytest.mark.skipif(_extension.unavailable_reason() is not None,
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FLOOR = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}  # x max|ref|
-ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
 PAD = 3
 
 
 def C():
     return torch.ops.polykernels_C
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    _extension.load()
-    got = C().set_cpu_isa(request.param)
-    if got != request.param:
-        C().set_cpu_isa(C().detected_cpu_isa())
-        pytest.skip(f"CPU has no {request.param} (best: {got})")
-    yield got
-    C().set_cpu_isa(C().detected_cpu_isa())
 
 
 def dequant64(qweight, scales, zeros, bits, group_size):

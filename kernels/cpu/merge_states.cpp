@@ -2,6 +2,10 @@
 //   lse = log(exp(lse_a) + exp(lse_b)),  out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse)
 // computed with the max subtracted first so it never overflows. A side whose lse is -inf
 // (no visible key) contributes nothing; both -inf gives out 0 and lse -inf (never NaN).
+//
+// The element type is a template parameter so the inner loop over head_dim has no per-element
+// dtype switch and the compiler can vectorise it (measured: the switch version ran at ~3 GB/s
+// against ~14 GB/s for torch's own elementwise ops at B256 H32 D128 bf16).
 #include "merge_states.h"
 
 #include <cmath>
@@ -10,10 +14,35 @@
 #include "dtype_convert.h"
 
 namespace pk::cpu {
+namespace {
 
-void merge_attention_states(const MergeStatesArgs& a) {
+struct F32 {
+  using T = float;
+  static float load(const T* p, int64_t i) { return p[i]; }
+  static void store(T* p, int64_t i, float v) { p[i] = v; }
+};
+struct BF16 {
+  using T = uint16_t;
+  static float load(const T* p, int64_t i) { return bf16_to_float(p[i]); }
+  static void store(T* p, int64_t i, float v) { p[i] = float_to_bf16(v); }
+};
+struct FP16 {
+  using T = uint16_t;
+  static float load(const T* p, int64_t i) { return fp16_to_float(p[i]); }
+  static void store(T* p, int64_t i, float v) { p[i] = float_to_fp16(v); }
+};
+
+template <typename E>
+void merge(const MergeStatesArgs& a) {
+  using T = typename E::T;
+  const T* out_a = static_cast<const T*>(a.out_a);
+  const T* out_b = static_cast<const T*>(a.out_b);
+  T* out = static_cast<T*>(a.out);
   const int64_t total = a.outer * a.rows * a.heads;
-#pragma omp parallel for schedule(static)
+  const int64_t dim = a.head_dim;
+  const int64_t sa = a.oa_s[3], sb = a.ob_s[3], so = a.o_s[3];
+  // Too little work per row for threads to pay off on small decode merges.
+#pragma omp parallel for schedule(static) if (total * dim >= (1 << 16))
   for (int64_t idx = 0; idx < total; ++idx) {
     const int64_t h = idx % a.heads;
     const int64_t r = (idx / a.heads) % a.rows;
@@ -30,16 +59,35 @@ void merge_attention_states(const MergeStatesArgs& a) {
       lse = m + std::log(s);
     }
     a.lse[o * a.l_s[0] + h * a.l_s[1] + r * a.l_s[2]] = lse;
-    const int64_t ba = o * a.oa_s[0] + r * a.oa_s[1] + h * a.oa_s[2];
-    const int64_t bb = o * a.ob_s[0] + r * a.ob_s[1] + h * a.ob_s[2];
-    const int64_t bo = o * a.o_s[0] + r * a.o_s[1] + h * a.o_s[2];
-    for (int64_t d = 0; d < a.head_dim; ++d) {
-      // Skip a zero-weight side entirely so a NaN/inf in an unused partial cannot leak.
-      float v = 0.f;
-      if (wa != 0.f) v += wa * load_as_float(a.out_a, ba + d * a.oa_s[3], a.kind);
-      if (wb != 0.f) v += wb * load_as_float(a.out_b, bb + d * a.ob_s[3], a.kind);
-      store_from_float(a.out, bo + d * a.o_s[3], v, a.kind);
+    const T* pa = out_a + o * a.oa_s[0] + r * a.oa_s[1] + h * a.oa_s[2];
+    const T* pb = out_b + o * a.ob_s[0] + r * a.ob_s[1] + h * a.ob_s[2];
+    T* po = out + o * a.o_s[0] + r * a.o_s[1] + h * a.o_s[2];
+    // A zero-weight side is never read, so a NaN/inf in an unused partial cannot leak.
+    if (wa != 0.f && wb != 0.f) {
+      if (sa == 1 && sb == 1 && so == 1) {
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) E::store(po, d, wa * E::load(pa, d) + wb * E::load(pb, d));
+      } else {
+        for (int64_t d = 0; d < dim; ++d)
+          E::store(po, d * so, wa * E::load(pa, d * sa) + wb * E::load(pb, d * sb));
+      }
+    } else if (wa != 0.f || wb != 0.f) {
+      const T* p = wa != 0.f ? pa : pb;
+      const int64_t sp = wa != 0.f ? sa : sb;
+      for (int64_t d = 0; d < dim; ++d) E::store(po, d * so, E::load(p, d * sp));  // weight is 1
+    } else {
+      for (int64_t d = 0; d < dim; ++d) E::store(po, d * so, 0.f);
     }
+  }
+}
+
+}  // namespace
+
+void merge_attention_states(const MergeStatesArgs& a) {
+  switch (a.kind) {
+    case 0: merge<F32>(a); break;
+    case 1: merge<BF16>(a); break;
+    default: merge<FP16>(a); break;
   }
 }
 

@@ -223,8 +223,3 @@ def main_for(run) -> Report:
     print(report.table())
     report.save(args.csv, args.json, args.plot)
     return report
-
-
-def gflops_peak_cpu_fp32() -> float:
-    """fp32 FMA peak of this machine measured once by TRAPS.md (2 threads): 230 GFLOP/s."""
-    return 230.0

@@ -11,7 +11,6 @@ from .plugins import load_plugins
 from .registry import Backend, Decision, Impl, NoImplError, Registry, use
 
 registry = Registry()
-registry.loaded_plugins = []
 register_builtin_backends(registry)
 registry.add_loader(lambda: load_builtin_impls(registry))
 registry.add_loader(lambda: load_plugins(registry))

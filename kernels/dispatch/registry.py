@@ -104,6 +104,7 @@ class Registry:
         self._loaders: list[Callable[[], None]] = []
         self._loaded = False
         self.load_errors: dict[str, str] = {}
+        self.loaded_plugins: list[str] = []
 
     # -- registration -------------------------------------------------------------------
     def register_backend(self, backend: Backend) -> None:
@@ -207,9 +208,6 @@ class Registry:
                     decision = self._decide(op, device_of(args), args)
                     self._cache[key] = decision
         return key, decision
-
-    def explicit_choice(self, op: str) -> str | None:
-        return _explicit_choice(op)
 
     def explain(self, op: str, args: tuple) -> Decision:
         self.ensure_loaded()

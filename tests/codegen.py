@@ -91,3 +91,18 @@ def assert_good_codegen(c: Compiled, name: str, instruction: str | None = None) 
     assert want in c.asm, f"{name} on {c.target}: no '{want}' in the generated assembly"
     assert c.n_spills == 0, (f"{name} on {c.target}: spills ({c.n_spills} spill bytes/registers, "
                              f"{c.n_regs} registers)")
+
+
+def compile_in_subprocess(test_file: str, timeout: int = 600) -> dict:
+    """Run ``python test_file`` with the interpreter off (conftest turns it on for the suite,
+    and TRITON_INTERPRET must be fixed before triton is imported) and return the JSON dict it
+    prints on its last line: {case: result or {"error": ...}}. Codegen test modules compile
+    all their cases in that one child process and assert on the results."""
+    import json
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, os.path.abspath(test_file)], env=env,
+                          cwd=os.path.dirname(os.path.abspath(test_file)),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

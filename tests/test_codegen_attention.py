@@ -10,10 +10,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from codegen import compile_in_subprocess
 
 TARGET_NAMES = ("sm80", "sm90", "gfx90a", "gfx942")
 KINDS = ("fwd", "bwd_dkdv", "bwd_dq")
@@ -88,12 +88,7 @@ def _compile_case(case: str, cfg=None) -> dict:
 @pytest.fixture(scope="module")
 def compiled():
     """Compile every case in one interpreter-free subprocess; {case: result or error}."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=here,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return compile_in_subprocess(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+from codegen import compile_in_subprocess
 
 TARGETS = ("sm80", "sm90", "gfx90a", "gfx942")
 ARCH = {"sm80": (8, 0), "sm90": (9, 0), "gfx90a": "gfx90a", "gfx942": "gfx942"}
@@ -160,12 +160,7 @@ def _compile_case(case: str) -> dict:
 @pytest.fixture(scope="module")
 def compiled():
     """Compile every case in one interpreter-free subprocess; {case: result or error}."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=here,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return compile_in_subprocess(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)

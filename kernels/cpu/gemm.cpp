@@ -12,31 +12,13 @@
 
 #include "cpu_isa.h"
 #include "dtype_convert.h"
+#include "scratch_buffer.h"
 #include "gemm_epilogue.h"
 
 namespace pk::cpu::gemm {
 namespace {
 
-// ---------------------------------------------------------------------------------------
-// Buffers: grow-only, 64-byte aligned, one per thread. Packing buffers are reused across
-// calls so large GEMMs do not pay page faults on freshly mmapped memory every time.
-struct Buffer {
-  void* p = nullptr;
-  size_t cap = 0;
-  ~Buffer() { std::free(p); }
-  void* get(size_t bytes) {
-    if (bytes > cap) {
-      std::free(p);
-      cap = (bytes + 4095) & ~size_t(4095);
-      p = std::aligned_alloc(64, cap);
-      if (p == nullptr) {
-        cap = 0;
-        throw std::bad_alloc();
-      }
-    }
-    return p;
-  }
-};
+using Buffer = pk::cpu::ScratchBuffer;  // per-thread, grow-only (scratch_buffer.h)
 thread_local Buffer tl_a_buf, tl_b_buf, tl_bias_buf;
 
 template <int KIND>

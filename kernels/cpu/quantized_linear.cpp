@@ -11,6 +11,7 @@
 
 #include "cpu_isa.h"
 #include "dtype_convert.h"
+#include "scratch_buffer.h"
 #include "gemm.h"
 
 namespace pk::cpu::qlinear {
@@ -107,23 +108,7 @@ struct V {
 #include "quantized_linear_gemv.h"
 }  // namespace scalar
 
-struct Buffer {
-  void* p = nullptr;
-  size_t cap = 0;
-  ~Buffer() { std::free(p); }
-  void* get(size_t bytes) {
-    if (bytes > cap) {
-      std::free(p);
-      cap = (bytes + 4095) & ~size_t(4095);
-      p = std::aligned_alloc(64, cap);
-      if (p == nullptr) {
-        cap = 0;
-        throw std::bad_alloc();
-      }
-    }
-    return p;
-  }
-};
+using Buffer = pk::cpu::ScratchBuffer;  // per-thread, grow-only (scratch_buffer.h)
 thread_local Buffer tl_x_buf, tl_w_buf;
 
 // int4 with bf16 activations on AVX512-BF16 (group_size % 64 == 0): codes go through a

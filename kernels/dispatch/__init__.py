@@ -44,7 +44,7 @@ def backends() -> list[dict]:
     for b in registry.backends.values():
         try:
             available = bool(b.is_available())
-        except Exception as e:
+        except Exception:   # a failing probe means unavailable, never a crash
             available = False
         ops = sorted({f"{i.op}:{i.name}" for lst in registry.impls.values() for i in lst
                       if i.backend == b.name})

@@ -5,7 +5,6 @@ triton is imported here, so this module is imported only on first use (register.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import triton

@@ -197,11 +197,57 @@ def _gpu_preset(report, device, quick):
         report.meta["attention_skipped"] = budget.skipped
 
 
+def bench_varlen(report, device, quick: bool) -> None:
+    """varlen_attention on a ragged batch (forward) vs what a torch user writes without it:
+    SDPA once per sequence. FLOPs: 4 * sum(len^2) * heads * head_dim (causal: half)."""
+    dtype = torch.bfloat16
+    hq, hk, d = (8, 8, 128) if device.type == "cpu" else (32, 8, 128)
+    lens = [300, 17, 700, 1, 531] if device.type == "cpu" else [8000, 37, 1500, 4096, 2500, 900]
+    if quick:
+        lens = lens[:3]
+    total = sum(lens)
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=device)
+    q = torch.randn(total, hq, d, dtype=dtype, device=device)
+    k = torch.randn(total, hk, d, dtype=dtype, device=device)
+    v = torch.randn_like(k)
+    bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+    for causal in (False, True):
+        flops = sum(4 * n * n * hq * d for n in lens) / (2 if causal else 1)
+        shape = f"varlen {len(lens)} seqs T{total} H{hq}/{hk} D{d} {str(dtype)[6:]}{' causal' if causal else ''}"
+
+        def torch_loop():
+            outs = []
+            for a, b in bounds:
+                o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                                   v[a:b].transpose(0, 1), is_causal=causal,
+                                                   enable_gqa=hq != hk)
+                outs.append(o.transpose(0, 1))
+            return torch.cat(outs)
+
+        want = pk.reference.varlen_attention(q, k, v, cu, cu, max(lens), max(lens), causal,
+                                             d ** -0.5, -1, -1, 0.0, None)[0]
+        base = torch_loop()
+        report.add(op="varlen_attention", shape=shape, impl="torch", flops=flops,
+                   ms=time_ms(torch_loop, device), max_err=_err(base, want),
+                   note="SDPA per sequence")
+        for impl in timed_impls("varlen_attention", device):
+            if impl == "reference":
+                continue  # its speed is not interesting; it is the oracle above
+            with pk.use(varlen_attention=impl):
+                fn = lambda: pk.varlen_attention(q, k, v, cu, cu, max(lens), max(lens),  # noqa: E731
+                                                 causal=causal)
+                out = fn()
+                ms = time_ms(fn, device)
+            report.add(op="varlen_attention", shape=shape, impl=impl, flops=flops, ms=ms,
+                       baseline="torch", max_err=_err(out, want))
+
+
 def run(report, device, quick: bool) -> None:
     if device.type != "cuda":
         _cpu_preset(report, device, quick)
     else:
         _gpu_preset(report, device, quick)
+    bench_varlen(report, device, quick)
 
 
 if __name__ == "__main__":

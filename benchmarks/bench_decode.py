@@ -86,6 +86,43 @@ def run(report, device, quick: bool) -> None:
         del args
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    bench_write_kv_cache(report, device, quick, bw)
+
+
+def bench_write_kv_cache(report, device, quick: bool, bw: float) -> None:
+    """write_kv_cache for one step of a decode/prefill batch: every impl vs the torch
+    index_put a user would write. Bytes: k and v read, the same written into the caches."""
+    dtype, hkv, dim = torch.bfloat16, 8, 128
+    tokens_list = (256,) if quick else ((256, 4096) if device.type == "cpu" else (256, 4096, 32768))
+    num_blocks = 4096
+    for tokens in tokens_list:
+        k = torch.randn(tokens, hkv, dim, dtype=dtype, device=device)
+        v = torch.randn_like(k)
+        k_cache = torch.zeros(num_blocks, BLOCK_SIZE, hkv, dim, dtype=dtype, device=device)
+        v_cache = torch.zeros_like(k_cache)
+        slots = torch.randperm(num_blocks * BLOCK_SIZE, device=device)[:tokens]
+        slots[::17] = -1  # some padding tokens, as a batch with padding has
+        keep = slots >= 0
+        nbytes = 4 * int(keep.sum()) * hkv * dim * k.element_size()
+        shape = f"T{tokens} Hkv{hkv} D{dim} bs{BLOCK_SIZE} {str(dtype)[6:]}"
+
+        def torch_write():
+            s = slots[keep]
+            k_cache[s // BLOCK_SIZE, s % BLOCK_SIZE] = k[keep]
+            v_cache[s // BLOCK_SIZE, s % BLOCK_SIZE] = v[keep]
+
+        torch_write()
+        want_k = k_cache.clone()
+        report.add(op="write_kv_cache", shape=shape, impl="torch", nbytes=nbytes, peak_gbs=bw,
+                   ms=time_ms(torch_write, device))
+        for impl in timed_impls("write_kv_cache", device):
+            k_cache.zero_()
+            with pk.use(write_kv_cache=impl):
+                pk.write_kv_cache(k, v, k_cache, v_cache, slots)
+                err = max_abs_err(k_cache, want_k)
+                ms = time_ms(lambda: pk.write_kv_cache(k, v, k_cache, v_cache, slots), device)
+            report.add(op="write_kv_cache", shape=shape, impl=impl, ms=ms, nbytes=nbytes,
+                       peak_gbs=bw, baseline="torch", max_err=err)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <limits>
 
-#include "attention.h"
+#include "cpu/attention.h"
 #include "checks.h"
 
 namespace {

@@ -3,7 +3,7 @@
 #include <stdexcept>
 
 #include "checks.h"
-#include "cpu_isa.h"
+#include "cpu/cpu_isa.h"
 
 namespace {
 

@@ -8,8 +8,8 @@
 #include <string>
 
 #include "checks.h"
-#include "gemm.h"
-#include "quantized_linear.h"
+#include "cpu/gemm.h"
+#include "cpu/quantized_linear.h"
 
 namespace {
 

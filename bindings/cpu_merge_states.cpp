@@ -1,6 +1,6 @@
 // CPU launcher for merge_attention_states: validates, allocates, calls the torch-free kernel.
 #include "checks.h"
-#include "merge_states.h"
+#include "cpu/merge_states.h"
 
 namespace {
 

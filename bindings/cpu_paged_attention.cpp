@@ -1,9 +1,9 @@
 // CPU launchers for paged decode attention and KV-cache writes: validate (including the
 // block table and slots, which the kernels trust for addressing), call the torch-free kernels.
-#include "attention.h"
+#include "cpu/attention.h"
 #include "checks.h"
-#include "kv_cache.h"
-#include "paged_attention.h"
+#include "cpu/kv_cache.h"
+#include "cpu/paged_attention.h"
 
 namespace {
 

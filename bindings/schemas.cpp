@@ -1,7 +1,7 @@
 // Schemas of the internal C++ kernels, defined once. The public ops
 // (torch.ops.polykernels.*) are defined in Python (kernels/ops/) so they exist even when this
 // extension could not be built; their C++ implementations are these polykernels_C ops,
-// registered with the dispatcher in kernels/cpu/register.py and kernels/cuda/register.py.
+// registered with the dispatcher in kernels/cpu/register_*.py and kernels/cuda/register.py.
 // Each family keeps its definitions in its own block below.
 #include <torch/library.h>
 
@@ -35,7 +35,7 @@ TORCH_LIBRARY(polykernels_C, m) {
   m.def("gemm_kernel_name(Tensor a, Tensor b) -> str");  // micro-kernel the CPU GEMM would use now (tests)
 
   // --- CUDA paged decode (issue 4) ---
-  // Implemented for the CUDA key only (bindings/paged_attention_cuda.cpp, CUDA builds);
+  // Implemented for the CUDA key only (bindings/cuda_paged_attention.cpp, CUDA builds);
   // fp16/bf16, head_dim 64/128/256, q_len * heads_q / heads_kv <= 16. num_splits >= 1.
   m.def("cuda_paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "float softmax_scale, int window_left, float softcap, Tensor? alibi_slopes, int num_splits) "

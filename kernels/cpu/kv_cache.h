@@ -1,5 +1,5 @@
 // KV-cache writes and fp8 e4m3 (OCP "fn" variant: no infinities, max 448) conversions for
-// the CPU kernels, torch-free (semantics: kernels/reference/paged.py write_kv_cache).
+// the CPU kernels, torch-free (semantics: kernels/reference/paged_ref.py write_kv_cache).
 #pragma once
 #include <cstdint>
 

@@ -1,4 +1,4 @@
-// CPU paged decode attention, torch-free (semantics: kernels/reference/paged.py).
+// CPU paged decode attention, torch-free (semantics: kernels/reference/paged_ref.py).
 //
 // Caches are [num_blocks, block_size, heads_kv, head_dim] (any strides); token p of sequence
 // s lives in block block_table[s][p / block_size] at offset p % block_size. The q_len queries

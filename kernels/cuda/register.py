@@ -1,6 +1,6 @@
 """Registers the CUDA C++ paged decode kernel: impl "cuda", backend "nvidia", priority 110.
 
-The kernel (kernels/cuda/paged_attention.cu) does less than the Triton one; supports() names
+The kernel (kernels/cuda/paged_decode.cu) does less than the Triton one; supports() names
 every refusal so dispatch falls back to Triton: fp16/bf16 caches in q's dtype only (no fp8),
 head_dim 64/128/256 with unit stride and 16-byte aligned rows, q_len * heads_q / heads_kv
 <= 16, int32 block_table (unit column stride) and seq_lens.

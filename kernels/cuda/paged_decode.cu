@@ -1,4 +1,4 @@
-// Paged decode attention, CUDA C++ (torch-free). See paged_attention.h for the contract.
+// Paged decode attention, CUDA C++ (torch-free). See paged_decode.h for the contract.
 //
 // One thread block (4 warps) per (sequence, KV head, KV split). The q_len * group query rows
 // that share the KV head are packed into one block ("GQA packing"), so every K/V byte of the
@@ -11,7 +11,7 @@
 //      keys (the warp reads 64 contiguous elements of one V row: coalesced).
 // The per-thread partial sums are reduced through shared memory at the end. With num_splits
 // > 1 each block writes fp32 partial (out, lse) and a second kernel merges them.
-#include "paged_attention.h"
+#include "paged_decode.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,5 +1,5 @@
 // Paged decode attention for NVIDIA GPUs, torch-free: raw pointers, sizes, element strides and
-// a cudaStream_t. The torch-facing launcher is bindings/paged_attention_cuda.cpp.
+// a cudaStream_t. The torch-facing launcher is bindings/cuda_paged_attention.cpp.
 //
 // Semantics are those of polykernels.reference.paged_attention: query token t of sequence s
 // sits at position seq_lens[s] - q_len + t and attends causally to the sequence's keys (token

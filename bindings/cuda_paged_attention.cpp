@@ -1,12 +1,12 @@
-// CUDA launcher for the paged decode kernel (kernels/cuda/paged_attention.cu): validates the
+// CUDA launcher for the paged decode kernel (kernels/cuda/paged_decode.cu): validates the
 // arguments (naming them), allocates the outputs and split partials, fills the torch-free
 // parameter block and launches on the current stream. Compiled only in CUDA builds (the name
-// ends in _cuda.cpp). Uses c10/cuda headers only: ATen/cuda/CUDAContext.h pulls in cusparse.
+// starts with cuda_). Uses c10/cuda headers only: ATen/cuda/CUDAContext.h pulls in cusparse.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "checks.h"
-#include "paged_attention.h"
+#include "cuda/paged_decode.h"
 
 namespace {
 

@@ -24,15 +24,22 @@ package_data = {"polykernels": ["cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh
 
 ext_modules = []
 cmdclass = {}
-if os.environ.get("POLYKERNELS_NO_EXTENSION", "0") == "0":
+if os.environ.get("POLYKERNELS_NO_EXTENSION", "0") != "0":
+    print("polykernels: POLYKERNELS_NO_EXTENSION is set: building a pure-Python wheel; the C++ "
+          "kernels will be JIT-compiled on first use", file=sys.stderr)
+else:
     try:
-        import torch  # noqa: F401  (only decides whether the extension is built now)
+        import torch
         from torch.utils import cpp_extension
     except ImportError:
-        print("polykernels: torch not importable at build time; the C++ extension will be "
-              "JIT-compiled on first use", file=sys.stderr)
+        # Typical cause: a plain `pip install .` builds in an isolated environment without torch.
+        print("polykernels: torch is not importable at build time (build isolation?): this is a "
+              "pure-Python wheel, and the C++ kernels will be JIT-compiled on first use (a few "
+              "minutes, once per machine). To build them now: pip install --no-build-isolation .",
+              file=sys.stderr)
     else:
         import _build_config as cfg  # kernels/_build_config.py: one source of truth for sources and flags
+        import _build_progress as progress  # kernels/_build_progress.py: ninja progress lines
 
         with_cuda = cfg.cuda_available()
         sources = cfg.sources(os.path.join(ROOT, "kernels"), os.path.join(ROOT, "bindings"),
@@ -46,7 +53,24 @@ if os.environ.get("POLYKERNELS_NO_EXTENSION", "0") == "0":
             extra_link_args=cfg.extra_link_args(),
             define_macros=[("PK_WITH_CUDA", "1")] if with_cuda else [],
         ))
-        cmdclass["build_ext"] = cpp_extension.BuildExtension.with_options(use_ninja=True)
+        # Objects live in one stable folder per (python, torch, cuda or not): ninja then skips
+        # every up-to-date object, so a second `pip install` (README's second command, a
+        # reinstall with other extras) relinks in seconds instead of recompiling for minutes.
+        obj_dir = os.path.join(ROOT, "build", "obj-{}-torch{}-{}".format(
+            sys.implementation.cache_tag, torch.__version__, "cuda" if with_cuda else "cpu"))
+
+        class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+            def finalize_options(self):
+                super().finalize_options()
+                self.build_temp = obj_dir
+
+            def build_extensions(self):
+                os.makedirs(self.build_temp, exist_ok=True)
+                progress.announce(sources, self.build_temp)
+                with progress.NinjaProgress(os.path.join(self.build_temp, "build.log")):
+                    super().build_extensions()
+
+        cmdclass["build_ext"] = BuildExtension
 
 setup(packages=packages, package_dir=package_dir, package_data=package_data,
       ext_modules=ext_modules, cmdclass=cmdclass)

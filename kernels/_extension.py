@@ -38,6 +38,7 @@ def _jit_build():
     from torch.utils import cpp_extension
 
     from . import _build_config as cfg
+    from . import _build_progress as progress
 
     with_cuda = cfg.cuda_available()
     sources = cfg.sources(_pkg_dir(), _bindings_dir(), with_cuda=with_cuda)
@@ -45,9 +46,7 @@ def _jit_build():
         raise RuntimeError("no C++ sources found next to the package")
     flags = cfg.extra_compile_args(with_cuda)
     digest = hashlib.sha256()
-    for path in sources + sorted(
-            os.path.join(d, f) for d in cfg.include_dirs(_pkg_dir()) + [_bindings_dir()]
-            if os.path.isdir(d) for f in os.listdir(d) if f.endswith((".h", ".cuh"))):
+    for path in sources + cfg.headers(_pkg_dir(), _bindings_dir()):
         with open(path, "rb") as fh:
             digest.update(path.encode() + b"\0" + fh.read())
     digest.update(repr((flags, torch.__version__, sys.version_info[:2])).encode())
@@ -56,19 +55,21 @@ def _jit_build():
                                 os.path.join(os.path.expanduser("~"), ".cache", "polykernels"))
     build_dir = os.path.join(cache_root, f"ext-{key}")
     os.makedirs(build_dir, exist_ok=True)
-    print(f"polykernels: compiling the C++ extension (once, into {build_dir}) ...",
-          file=sys.stderr, flush=True)
-    return cpp_extension.load(
-        name="polykernels_C_jit",
-        sources=sources,
-        extra_include_paths=cfg.include_dirs(_pkg_dir()) + [_bindings_dir()],
-        extra_cflags=flags["cxx"],
-        extra_cuda_cflags=flags.get("nvcc"),
-        extra_ldflags=cfg.extra_link_args(),
-        build_directory=build_dir,
-        is_python_module=False,
-        verbose=False,
-    )
+    kwargs = dict(name="polykernels_C_jit", sources=sources,
+                  extra_include_paths=cfg.include_dirs(_pkg_dir()) + [_bindings_dir()],
+                  extra_cflags=flags["cxx"], extra_cuda_cflags=flags.get("nvcc"),
+                  extra_ldflags=cfg.extra_link_args(), build_directory=build_dir,
+                  is_python_module=False)
+    if _is_built(build_dir):  # cached: ninja only confirms it is up to date, quietly
+        return cpp_extension.load(**kwargs, verbose=False)
+    progress.announce(sources, build_dir)
+    # verbose: ninja's [n/N] lines reach NinjaProgress, which condenses them onto stderr
+    with progress.NinjaProgress(os.path.join(build_dir, "build.log")):
+        return cpp_extension.load(**kwargs, verbose=True)
+
+
+def _is_built(build_dir: str) -> bool:
+    return any(f.endswith(".so") for f in os.listdir(build_dir))
 
 
 def load():
@@ -83,6 +84,12 @@ def load():
                 module = importlib.import_module("polykernels._C")
             except ImportError as e:
                 error = f"no ahead-of-time build ({e})"
+                if isinstance(e, ModuleNotFoundError) and e.name == "polykernels._C":
+                    print("polykernels: this install has no prebuilt C++ extension (a pure "
+                          "wheel: built without torch, e.g. by a plain `pip install .`, or with "
+                          "POLYKERNELS_NO_EXTENSION=1); it is compiled now, once per machine. "
+                          "`pip install --no-build-isolation .` builds it ahead of time.",
+                          file=sys.stderr, flush=True)
         if module is None and os.environ.get("POLYKERNELS_NO_JIT", "0") == "0":
             try:
                 module = _jit_build() or True

@@ -4,9 +4,9 @@ accelerator at hand (Triton on NVIDIA/AMD, C++ on CPU, CUDA C++, plugins), with 
 Importing this package defines the ops and registers the built-in backends; it imports no
 Triton, compiles nothing and touches no device. Kernels load on first use.
 """
-from .dispatch import (NoImplError, accelerator, backends, register_backend, register_impl,
-                       use)
+from .dispatch import NoImplError, accelerator, backends, register_backend, register_impl
 from .dispatch import registry as _registry
+from .dispatch import use as _use
 from .ops import (attention, grouped_matmul, linear, matmul, merge_attention_states,
                   paged_attention, quantized_linear, scaled_matmul, varlen_attention,
                   write_kv_cache)
@@ -14,6 +14,16 @@ from .reference.quant import (dequantize_weight, quantize_fp8, quantize_int8,
                               quantize_weight)
 
 __version__ = "0.1.0"
+
+
+def use(**choices: str):
+    """Explicit choice: ``with pk.use(attention="triton", matmul="cpp"):`` runs those impls or
+    raises ``NoImplError`` listing why each candidate was refused (never fails over).
+    An unknown op name (``pk.use(atention=...)``) raises ValueError at once, naming the known
+    ops; an unknown impl name raises on the first call of that op, naming the registered ones.
+    Inner ``use`` blocks override outer ones; both override ``POLYKERNELS_IMPL``."""
+    _registry.check_op_names(choices, "pk.use")
+    return _use(**choices)
 
 
 def explain(op: str, *args, **kwargs):

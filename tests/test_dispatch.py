@@ -155,7 +155,7 @@ def test_explicit_choice_refused_lists_every_reason():
 
 def test_explicit_choice_via_env(monkeypatch):
     r = _two_impl_registry()
-    monkeypatch.setenv("POLYKERNELS_IMPL", " other=x , op=ref ")
+    monkeypatch.setenv("POLYKERNELS_IMPL", " op=ref ")
     assert r.call("op", x_of())[0] == "ref"
     # X=impl also covers X_backward
     r.register_impl("op_backward", "ref", backends="reference", fn=tagged("ref_bwd"))
@@ -172,6 +172,36 @@ def test_env_parse_errors(monkeypatch, value):
     monkeypatch.setenv("POLYKERNELS_IMPL", value)
     with pytest.raises(ValueError, match="POLYKERNELS_IMPL"):
         r.call("op", x_of())
+
+
+def test_unknown_op_name_in_env_raises_naming_known_ops(monkeypatch):
+    r = _two_impl_registry()
+    r.register_impl("op_backward", "ref", backends="reference", fn=tagged("ref_bwd"))
+    monkeypatch.setenv("POLYKERNELS_IMPL", "op=ref,opp=fast")
+    for _ in range(2):   # refused on every call, not only the first
+        with pytest.raises(ValueError) as e:
+            r.call("op", x_of())
+    msg = str(e.value)
+    assert "POLYKERNELS_IMPL" in msg and "'opp'" in msg and "known ops: op, op_backward" in msg
+
+
+def test_unknown_op_name_in_use_raises_naming_known_ops():
+    r = _two_impl_registry()
+    with use(opp="ref"):
+        with pytest.raises(ValueError, match=r"pk.use: unknown op name\(s\) 'opp'; known ops: op"):
+            r.call("op", x_of())
+    assert r.call("op", x_of())[0] == "fast"   # outside the block nothing is left behind
+
+
+def test_public_use_checks_op_names_at_once():
+    with pytest.raises(ValueError) as e:
+        pk.use(atention="triton")
+    msg = str(e.value)
+    assert "'atention'" in msg and "attention" in msg.split("known ops:")[1]
+    for op in ("matmul", "paged_attention", "write_kv_cache", "attention_backward"):
+        assert op in msg
+    with pk.use(attention="reference", attention_backward="reference"):  # known names pass
+        pass
 
 
 def test_explicit_choice_never_fails_over():

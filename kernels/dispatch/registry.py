@@ -105,6 +105,7 @@ class Registry:
         self._loaded = False
         self.load_errors: dict[str, str] = {}
         self.loaded_plugins: list[str] = []
+        self._checked_env: set[str] = set()   # POLYKERNELS_IMPL values whose op names were checked
 
     # -- registration -------------------------------------------------------------------
     def register_backend(self, backend: Backend) -> None:
@@ -211,7 +212,7 @@ class Registry:
 
     def explain(self, op: str, args: tuple) -> Decision:
         self.ensure_loaded()
-        choice = _explicit_choice(op)
+        choice = self._explicit_choice(op)
         if choice is not None:
             return self._decide(op, device_of(args), args, only=choice)
         key, cached = self.decide(op, args)
@@ -226,7 +227,7 @@ class Registry:
     def call(self, op: str, *args):
         """Run op with the chosen impl, failing over to the next on an exception."""
         self.ensure_loaded()
-        choice = _explicit_choice(op)
+        choice = self._explicit_choice(op)
         if choice is not None:
             decision = self._decide(op, device_of(args), args, only=choice)
             if decision.chosen is None:
@@ -260,6 +261,39 @@ class Registry:
         if first:
             log.warning("polykernels: %s impl %s failed (%s); falling back to the next "
                         "implementation for this input class", impl.op, impl.label, reason)
+
+    # -- explicit choice --------------------------------------------------------------------
+    def known_ops(self) -> list[str]:
+        """Every op name with at least one registered impl (``attention``, ``matmul``, ...)."""
+        self.ensure_loaded()
+        return sorted(self.impls)
+
+    def check_op_names(self, names: Iterable[str], source: str) -> None:
+        """ValueError naming ``source`` and the known ops if any of ``names`` is not an op
+        (a typo such as ``atention`` would otherwise be ignored silently)."""
+        known = self.known_ops()
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown op name(s) {', '.join(map(repr, unknown))}; "
+                             f"known ops: {', '.join(known)}")
+
+    def _explicit_choice(self, op: str) -> str | None:
+        """The explicit choice for op (pk.use first, then POLYKERNELS_IMPL); a choice for X
+        also covers X_backward unless it has its own. Unknown op names in either raise."""
+        override = _override.get()
+        env = os.environ.get("POLYKERNELS_IMPL", "")
+        env_table = _parse_impl_env(env)
+        if override and not override.keys() <= self.impls.keys():
+            self.check_op_names(override, "pk.use")
+        if env_table and env not in self._checked_env:
+            self.check_op_names(env_table, "POLYKERNELS_IMPL")
+            self._checked_env.add(env)
+        for table in (override, env_table):
+            if op in table:
+                return table[op]
+            if op.endswith("_backward") and op[: -len("_backward")] in table:
+                return table[op[: -len("_backward")]]
+        return None
 
     def reset_caches(self) -> None:
         """Forget decisions, demotions and warnings (tests; after changing availability)."""
@@ -311,16 +345,6 @@ def _parse_impl_env(value: str) -> dict[str, str]:
             parsed[op] = impl
         _env_cache[value] = parsed
     return parsed
-
-
-def _explicit_choice(op: str) -> str | None:
-    """An explicit choice for op; a choice for X also covers X_backward unless it has its own."""
-    for table in (_override.get(), _parse_impl_env(os.environ.get("POLYKERNELS_IMPL", ""))):
-        if op in table:
-            return table[op]
-        if op.endswith("_backward") and op[: -len("_backward")] in table:
-            return table[op[: -len("_backward")]]
-    return None
 
 
 def _explicit_error(op: str, choice: str, decision: Decision, impls: list[Impl]) -> str:

@@ -40,11 +40,54 @@ def _typical_inputs(device):
     }
 
 
+def _version() -> str:
+    """The installed distribution's version, without importing torch."""
+    try:
+        from importlib.metadata import version
+        return version("polykernels")
+    except Exception:
+        from . import __version__
+        return __version__
+
+
+def _resolve_device(name):
+    """(torch.device, None) or (None, a sentence saying why ``name`` cannot be used here)."""
+    import torch
+
+    from polykernels.dispatch.accelerator import default_device
+    if name is None:
+        return default_device(), None
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        return None, f"'{name}' is not a torch device name ({e})"
+    if device.type == "cuda":
+        if not (torch.version.cuda or getattr(torch.version, "hip", None)):
+            return None, (f"this torch ({torch.__version__}) is a CPU-only build, so there is no "
+                          "'cuda' device; install a CUDA or ROCm build of torch to use a GPU")
+        if not torch.cuda.is_available():
+            return None, (f"torch {torch.__version__} has GPU support but sees no GPU here "
+                          "(no device or no driver)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return None, f"there is no {device}: {torch.cuda.device_count()} GPU(s) visible"
+    return device, None
+
+
+def _print_cpu() -> None:
+    from polykernels.dispatch.accelerator import CPU_FEATURES, cpu_features
+    model, have = cpu_features()
+    print(f"cpu: {model}, {os.cpu_count()} logical cores")
+    print(f"  features: {' '.join(f for f in CPU_FEATURES if f in have) or 'none of interest'}")
+    amx = sorted(f for f in have if f.startswith("amx_"))
+    print(f"  AMX: {'yes (' + ', '.join(amx) + ')' if amx else 'no'};  "
+          f"AVX512-FP16: {'yes' if 'avx512_fp16' in have else 'no'};  "
+          f"AVX512-BF16: {'yes' if 'avx512_bf16' in have else 'no'}")
+
+
 def info(args) -> int:
     import torch
 
     import polykernels as pk
-    from polykernels.dispatch.accelerator import default_device
     print(f"polykernels {pk.__version__}")
     print(f"torch {torch.__version__} (cuda {torch.version.cuda}, hip {getattr(torch.version, 'hip', None)})")
     try:
@@ -54,13 +97,25 @@ def info(args) -> int:
         print("triton not installed")
     interp = os.environ.get("TRITON_INTERPRET", "0")
     print(f"TRITON_INTERPRET={interp}")
-    device = torch.device(args.device) if args.device else default_device()
+    _print_cpu()
+    device, why_not = _resolve_device(args.device)
+    if device is None:
+        print(f"polykernels info: cannot use --device {args.device}: {why_not}", file=sys.stderr)
+        return 2
     acc = pk.accelerator(device)
     print(f"accelerator: vendor={acc.vendor} device={device} name={acc.name!r} arch={acc.arch} "
           f"triton_target={acc.triton_target} multiprocessors={acc.multiprocessors}")
     from polykernels import _extension
     reason = _extension.unavailable_reason()
     print(f"C++ extension: {'loaded' if reason is None else reason}")
+    if reason is None:
+        ops = torch.ops.polykernels_C
+        forced = os.environ.get("POLYKERNELS_CPU_ISA")
+        print(f"  CPU kernel path: {ops.cpu_isa()} (best on this CPU: {ops.detected_cpu_isa()}"
+              + (f"; POLYKERNELS_CPU_ISA={forced}" if forced else "") + ")")
+        has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(
+            "polykernels_C::cuda_paged_attention", "CUDA")
+        print(f"  CUDA kernels: {'built' if has_cuda else 'not built (CPU-only torch or no nvcc at build time)'}")
     print("\nbackends:")
     for b in pk.backends():
         print(f"  {b['name']:<10} serves {','.join(b['device_types']):<8} "
@@ -95,9 +150,10 @@ def bench(args, rest) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="polykernels")
+    parser.add_argument("--version", action="version", version=f"polykernels {_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="versions, accelerator, backends, selection per op")
-    p_info.add_argument("--device", default=None)
+    p_info.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the accelerator)")
     p_info.add_argument("-v", "--verbose", action="store_true", help="show refusal reasons")
     sub.add_parser("bench", help="run the benchmark suite (options: polykernels bench --help)",
                    add_help=False)

@@ -44,9 +44,7 @@ def _describe(device_type: str, index: int | None) -> Accelerator:
         return Accelerator(vendor, device_type, idx, props.name, arch, target,
                            props.multi_processor_count)
     if device_type == "cpu":
-        import platform
-        return Accelerator("cpu", "cpu", None, platform.processor() or platform.machine(),
-                           _cpu_capability(), None, None)
+        return Accelerator("cpu", "cpu", None, cpu_features()[0], _cpu_capability(), None, None)
     return Accelerator(vendor, device_type, index, device_type, None, None, None)
 
 
@@ -55,6 +53,47 @@ def _cpu_capability() -> str:
         return torch.backends.cpu.get_cpu_capability()
     except Exception:  # older torch
         return "unknown"
+
+
+# CPU flags that decide which kernel paths can run (x86 names as in /proc/cpuinfo).
+CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, frozenset]:
+    """(model name, the subset of CPU_FEATURES listed) from the text of /proc/cpuinfo."""
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip() and model is None:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, frozenset(f for f in CPU_FEATURES if f in flags)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> tuple[str, frozenset]:
+    """(CPU model name, the subset of CPU_FEATURES this CPU has). Linux reads /proc/cpuinfo;
+    elsewhere torch's own probes answer for the AVX-512 / AMX families."""
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            model, flags = parse_cpuinfo(fh.read())
+        return model or platform.machine(), flags
+    except OSError:
+        pass
+    probes = {"avx2": "_is_avx2_supported", "avx512f": "_is_avx512_supported",
+              "avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported",
+              "amx_fp16": "_is_amx_fp16_supported", "avx512_vnni": "_is_vnni_supported"}
+    found = set()
+    for flag, probe in probes.items():  # private torch probes (torch >= 2.2); absent: not found
+        try:
+            if getattr(torch.cpu, probe)():
+                found.add(flag)
+        except Exception:
+            pass
+    return platform.processor() or platform.machine(), frozenset(found)
 
 
 def describe(device: torch.device | str) -> Accelerator:

@@ -11,9 +11,10 @@ FLOP model (FlashAttention's): fwd = 4 * B * Hq * Sq * Sk * D, halved when causa
 bwd = 2.5 x fwd; fwd+bwd = 3.5 x fwd.
 
 CPU preset (issue-5 goals): B1 H8 S1024 D128, bf16 and fp32, causal and not, fwd and bwd
-(--quick: fwd only). GPU preset (GPU.md): 16k tokens per batch at seqlens 512..16k, head dims
-64/128/256 (heads = 2048 / D), causal and not, bf16 fwd (bwd and fwd+bwd at D128), the fp16
-16k D128 anchor, and the GQA shapes of Llama-3-8B (32/8, D128) and Qwen-2.5-7B (28/4, D128).
+(--quick: fwd only). GPU preset (docs/gpu-validation.md): 16k tokens per batch at seqlens
+512..16k, head dims 64/128/256 (heads = 2048 / D), causal and not, bf16 fwd (bwd and
+fwd+bwd at D128), the fp16 16k D128 anchor, and the GQA shapes of Llama-3-8B (32/8, D128)
+and Qwen-2.5-7B (28/4, D128).
 A time budget (env POLYKERNELS_BENCH_ATTN_BUDGET_S, GPU default 120 s) keeps the run inside
 the GPU session; cases past it are listed as skipped, not silently dropped.
 """
@@ -178,7 +179,7 @@ def _gpu_preset(report, device, quick):
 
     # Most important first: the budget cuts from the end.
     cases = sweep(128, ("fwd", "bwd"))
-    # FlashAttention-3 / cuDNN anchors in GPU.md are fp16, hd128, 16k, non-causal.
+    # FlashAttention-3 / cuDNN anchors in docs/gpu-validation.md are fp16, hd128, 16k, non-causal.
     cases.append((1, 16384, 16, 16, 128, torch.float16, False, ("fwd",), "anchor "))
     for name, hq, hk in GQA_MODELS:
         for causal in (True, False):

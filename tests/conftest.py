@@ -2,7 +2,8 @@
 
 TRITON_INTERPRET must be set before triton is first imported, so it is set here, at the
 very top, for the whole CPU suite: Triton kernels then run on CPU tensors through the
-interpreter. GPU tests (-m gpu) run on a machine with a GPU and unset it (see GPU.md).
+interpreter. GPU tests (-m gpu) run on a machine with a GPU and unset it (see
+docs/gpu-validation.md).
 """
 import os
 

@@ -1,6 +1,6 @@
 """C++ CPU attention forward (dense + varlen) against the fp64 reference, on every ISA path.
 
-Tolerance rule (CONVENTIONS.md): the kernel's error against the fp64 reference must be at most
+Tolerance rule (docs/testing.md): the kernel's error against the fp64 reference must be at most
 2x the error of the same attention computed by torch in the input dtype, plus a small
 absolute floor (table below). Outputs and lse are poisoned with NaN before each call (the ops
 take `out` / `lse`), so an element the kernel fails to write shows up as NaN.

@@ -27,7 +27,7 @@ def make_qkv(b, sq, sk, hq, hk, d, dtype, layout="bshd", device="cpu"):
 
 
 def visibility(sq, sk, causal, wl, wr, device="cpu"):
-    """(visible [sq, sk], d [sq, sk]) per DESIGN.md: d = i + Sk - Sq - j, -right <= d <= left."""
+    """(visible [sq, sk], d [sq, sk]) per docs/design.md: d = i + Sk - Sq - j, -right <= d <= left."""
     d = torch.arange(sq, device=device)[:, None] + (sk - sq) - torch.arange(sk, device=device)[None, :]
     right = 0 if causal else wr
     vis = torch.ones(sq, sk, dtype=torch.bool, device=device)

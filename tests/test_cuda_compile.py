@@ -3,7 +3,7 @@
 1. nvcc compiles every .cu with the extension's own flags (kernels/_build_config.py: sm_80 and
    sm_90a) with warnings as errors, and ptxas reports no register spills. Compile only: this
    machine has no GPU. Skipped only when nvcc is absent.
-2. The device code is torch-free (TRAPS: CPU torch wheels lack the CUDA headers).
+2. The device code is torch-free (docs/testing.md: CPU torch wheels lack the CUDA headers).
 3. -m gpu: the paged decode kernel against the reference (poisoned outputs via the caching
    allocator, forced split counts, awkward shapes).
 """

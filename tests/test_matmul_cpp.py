@@ -1,7 +1,7 @@
 """C++ CPU GEMM with fused epilogue (matmul / linear) against the fp64 reference, on every
 ISA path (scalar, AVX2, AVX-512, AVX512-BF16).
 
-Tolerance rule (CONVENTIONS.md): the kernel's error against the fp64 reference is at most 2x
+Tolerance rule (docs/testing.md): the kernel's error against the fp64 reference is at most 2x
 the error of the same computation done by torch in the input dtype (matmul, + bias, then the
 activation, each in that dtype), plus a small absolute floor scaled by the output's magnitude
 (table below). Outputs are written through the `*_out` ops into a NaN-poisoned buffer whose

@@ -1,6 +1,6 @@
 """Comparison helper for the Triton matmul tests (issue 6).
 
-Rule (CONVENTIONS.md #10): the kernel's error against a float64 oracle must be at most
+Rule (docs/testing.md): the kernel's error against a float64 oracle must be at most
 2x the error of the same computation done by torch in the input dtype, plus a small
 absolute floor scaled by the output's magnitude. Failures say where and by how much.
 """

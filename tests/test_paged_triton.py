@@ -5,7 +5,7 @@ buffer the launchers allocate is NaN-poisoned first (their ``_empty`` hook), cac
 sequence owns are NaN, and unused block-table entries point at an all-NaN block, so a kernel
 that writes too little or reads past a sequence shows up as NaN.
 
-Tolerance (CONVENTIONS 10): error vs the fp32 reference <= 2 x the error of the same
+Tolerance (docs/testing.md): error vs the fp32 reference <= 2 x the error of the same
 attention computed by torch in the input dtype, plus an absolute floor.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ def run_case(*, dtype=torch.float16, cache_dtype=None, q_len=1, hq=8, hkv=2, dim
     return out, lse
 
 
-# Each case crosses several axes so the interpreter stays fast (CONVENTIONS 9).
+# Each case crosses several axes so the interpreter stays fast (docs/testing.md).
 CASES = [
     dict(dtype=torch.float16, hq=4, hkv=4, dim=64, q_len=1, block_size=16, splits=1),
     dict(dtype=torch.bfloat16, hq=8, hkv=2, dim=128, q_len=3, block_size=48, splits=3, shared=True),

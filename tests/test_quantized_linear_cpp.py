@@ -2,7 +2,7 @@
 the fp64 reference, on every ISA path and both kernels (GEMV for <= 16 rows, dequantise +
 GEMM above).
 
-Tolerance rule (CONVENTIONS.md): error against the fp64 computation (weights dequantised in
+Tolerance rule (docs/testing.md): error against the fp64 computation (weights dequantised in
 fp64 from the same codes) at most 2x the error of torch doing the same in the input dtype
 (dequantise to x.dtype, F.linear), plus a small floor scaled by the output's magnitude.
 Outputs are written through `quantized_linear_out` into NaN-poisoned, row-padded buffers.

@@ -1,4 +1,4 @@
-"""The attention reference against float64 formulas written here, from DESIGN.md's semantics.
+"""The attention reference against float64 formulas written here, from docs/design.md's semantics.
 
 For query row i and key column j of one (batch, head), d = i + Sk - Sq - j:
 s = scale * q_i.k_j; softcap: s = c * tanh(s / c); ALiBi: s -= slope * |d|;
@@ -8,7 +8,7 @@ out_i = softmax over visible j of s, times v; no visible key: out 0, lse -inf.
 The oracle below (``naive_attention``) loops over batch and head and builds the mask from
 that definition; it shares no code with polykernels.reference. Inputs in fp64 are compared
 tightly; fp16/bf16/fp32 inputs with a tolerance relative to the same attention computed by
-torch in the input dtype (CONVENTIONS 10), plus a small absolute floor.
+torch in the input dtype (docs/testing.md), plus a small absolute floor.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Paged decode, KV-cache writes and state merging in the reference, against oracles written here.
 
-Paged layout (DESIGN.md / reference/paged_ref.py docstring): token p of sequence s lives at
+Paged layout (docs/design.md / reference/paged_ref.py docstring): token p of sequence s lives at
 block_table[s, p // block_size], offset p % block_size; the q_len queries are the last q_len
 positions, attending causally (bottom-right) with any window on top. fp8 caches store
 value / scale. The gather below walks the tokens one by one; attention uses the fp64 oracle of

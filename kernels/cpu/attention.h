@@ -1,6 +1,6 @@
 // CPU attention forward (dense and varlen), torch-free: raw pointers, sizes, strides.
 //
-// Semantics are the reference's (kernels/reference/attention.py): for query row i and key
+// Semantics are the reference's (kernels/reference/attention_ref.py): for query row i and key
 // column j of one (batch, head), d = i + Sk - Sq - j; s = scale * q.k; softcap > 0:
 // s = softcap * tanh(s / softcap); ALiBi: s -= slope * |d|; visible iff -right <= d <= left
 // (-1 = unbounded; causal forces right = 0); out = softmax(s over visible) @ v; lse = log of

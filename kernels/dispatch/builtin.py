@@ -2,7 +2,7 @@
 
 The modules are imported on the first dispatch (never at ``import polykernels``); each has a
 ``register()`` function. A module that fails to import is logged with its reason and skipped
-(its impls then simply do not exist; ``pk.backends()`` shows the error).
+(its impls then simply do not exist; `polykernels info` shows the error).
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from .registry import Backend, Registry
 log = logging.getLogger("polykernels")
 
 BUILTIN_IMPL_MODULES = [
-    "polykernels.triton.matmul.register",  # issue 6: Triton matmul family
-    "polykernels.triton.flash_attention.register",  # issue 3: Triton flash attention fwd/bwd
-    "polykernels.triton.paged_attention.register",  # issue 4: Triton paged decode
-    "polykernels.cuda.register",  # issue 4: CUDA C++ paged decode
+    "polykernels.triton.matmul.register",
+    "polykernels.triton.flash_attention.register",
+    "polykernels.triton.paged_attention.register",
+    "polykernels.cuda.register",
     "polykernels.reference.register",
     "polykernels.cpu.register_merge",
-    "polykernels.cpu.register_attention",  # issue 5 part 1: C++ CPU attention / paged / KV write
-    "polykernels.cpu.register_matmul",  # issue 5 part 2: C++ CPU matmul / linear / quantized_linear
+    "polykernels.cpu.register_attention",
+    "polykernels.cpu.register_matmul",
 ]
 
 

@@ -2,7 +2,7 @@
 
 The ops ``torch.ops.polykernels.attention`` / ``varlen_attention`` (and their ``_backward``)
 run the dispatcher: the implementation is chosen per call from the registry (Triton, C++,
-reference, plugins) with failover. Semantics: DESIGN.md / reference/attention.py.
+reference, plugins) with failover. Semantics: docs/design.md / reference/attention_ref.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """pk.paged_attention, pk.write_kv_cache, pk.merge_attention_states (inference only, no autograd).
 
-Layouts and semantics: reference/paged.py. Each is also ``torch.ops.polykernels.<name>``.
+Layouts and semantics: reference/paged_ref.py. Each is also ``torch.ops.polykernels.<name>``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Pure-torch attention oracle (and last-resort implementation).
 
 Math in fp32 (fp64 when the inputs are fp64), result cast back to the input dtype. It
-materialises the full score matrix: correct for every feature, not fast. Semantics (DESIGN.md,
+materialises the full score matrix: correct for every feature, not fast. Semantics (docs/design.md,
 FlashAttention 2 conventions), for query row i and key column j with d = i + Sk - Sq - j:
   s = scale * q_i.k_j;  softcap > 0: s = softcap * tanh(s / softcap);  ALiBi: s += -slope * |d|
   visible iff -right <= d <= left, window (left, right), -1 unbounded; causal => right = 0

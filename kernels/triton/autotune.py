@@ -5,7 +5,7 @@ once and stores the winner in ``$POLYKERNELS_CACHE_DIR/autotune/<device>.json`` 
 ``~/.cache/polykernels``), keyed by device name, Triton version, the kernel's source hash and
 the shape bucket, so later processes skip the search. Under the interpreter, or with a single
 candidate, the first candidate is returned without benchmarking (Triton's autotuner needs a
-driver, see TRAPS.md). ``POLYKERNELS_AUTOTUNE=0`` disables the search (first candidate).
+driver, see docs/testing.md). ``POLYKERNELS_AUTOTUNE=0`` disables the search (first candidate).
 """
 from __future__ import annotations
 

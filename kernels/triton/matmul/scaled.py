@@ -47,7 +47,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
             a = tl.load(a_ptrs, mask=(k + rk)[None, :] < K, other=0)
             b = tl.load(b_ptrs, mask=(k + rk)[:, None] < K, other=0)
         else:
-            # fp8 masked loads need a float `other` (an int 0 fails to compile; TRAPS.md).
+            # fp8 masked loads need a float `other` (an int 0 fails to compile; docs/testing.md).
             a = tl.load(a_ptrs, mask=(k + rk)[None, :] < K, other=0.0)
             b = tl.load(b_ptrs, mask=(k + rk)[:, None] < K, other=0.0)
         if IS_INT:

@@ -108,7 +108,7 @@ def paged_decode_kernel(
         qk = tl.dot(q, tl.trans(k)) * qk_scale  # natural units: softmax_scale * q.k
         if HAS_SOFTCAP:
             qk = softcap * _tanh(qk / softcap)
-        dist = pos[:, None] - n[None, :]  # d = i + Sk - Sq - j of DESIGN.md
+        dist = pos[:, None] - n[None, :]  # d = i + Sk - Sq - j of docs/design.md
         if HAS_ALIBI:
             qk = qk - slope[:, None] * tl.abs(dist).to(tl.float32)
         visible = (dist >= 0) & n_ok[None, :]

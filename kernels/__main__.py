@@ -1,4 +1,4 @@
-"""``polykernels info`` / ``polykernels bench`` (also ``python -m polykernels ...``)."""
+"""``polykernels info`` / ``bench`` / ``tune`` (also ``python -m polykernels ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -157,9 +157,14 @@ def main(argv=None) -> int:
     p_info.add_argument("-v", "--verbose", action="store_true", help="show refusal reasons")
     sub.add_parser("bench", help="run the benchmark suite (options: polykernels bench --help)",
                    add_help=False)
+    sub.add_parser("tune", help="measure and persist the impl choice for common model shapes "
+                   "(options: polykernels tune --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "info":
         return info(args)
+    if args.cmd == "tune":
+        from .tune import main as tune_main
+        return tune_main(rest)
     return bench(args, rest)
 
 

@@ -9,6 +9,9 @@ import os
 
 if os.environ.get("POLYKERNELS_GPU_TESTS", "0") == "0":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests see the fixed priority order, so which impl runs by default does not depend on timing
+# noise; measured selection has its own tests (test_selection.py), which switch it on.
+os.environ.setdefault("POLYKERNELS_SELECT", "priority")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -260,6 +260,31 @@ def test_failover_last_error_raised_when_all_fail():
     r.register_impl("op", "b", backends="reference", fn=bad2)
     with pytest.raises(ValueError, match="two"):
         r.call("op", x_of())
+    # every candidate failed: the input is the likely cause, so nothing is demoted and a later
+    # valid call of the same class still finds both impls
+    d = r.explain("op", (x_of(),))
+    assert [i.name for i in d.candidates] == ["a", "b"] and not d.refused
+
+
+def test_demotion_heals_after_a_while(monkeypatch):
+    r = make_registry()
+    state = {"fail": True, "calls": []}
+
+    def flaky(x):
+        state["calls"].append("flaky")
+        if state["fail"]:
+            raise RuntimeError("transient")
+        return ("flaky", x.shape[0])
+    r.register_impl("op", "flaky", backends="cpu", fn=flaky, priority=100)
+    r.register_impl("op", "ref", backends="reference", fn=tagged("ref"))
+    clock = [1000.0]
+    monkeypatch.setattr(registry_mod, "_now", lambda: clock[0])
+    assert r.call("op", x_of())[0] == "ref"                 # flaky failed, ref served: demoted
+    assert r.call("op", x_of())[0] == "ref" and state["calls"] == ["flaky"]
+    state["fail"] = False
+    clock[0] += registry_mod.DEMOTION_S + 1                   # the demotion expires
+    assert r.call("op", x_of())[0] == "flaky"
+    assert r.explain("op", (x_of(),)).chosen.name == "flaky"
 
 
 def test_strict_mode_reraises(monkeypatch):

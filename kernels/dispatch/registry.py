@@ -5,32 +5,43 @@ and whatever plugins add. For a call, the candidates are the impls whose backend
 tensors' device type and is available here, ordered by priority; each candidate's
 ``supports(*args)`` either accepts (None) or refuses with a reason. The first accepting one
 runs. If it raises, the next runs (failover), one warning is logged per (op, impl, error
-type), and the failed impl is demoted for that key; ``POLYKERNELS_STRICT=1`` re-raises.
+type), and the failed impl is demoted for that key (for a while, see below);
+``POLYKERNELS_STRICT=1`` re-raises.
 Failover reacts only to exceptions: results are never compared at run time.
 
 An explicit choice (``with pk.use(attention="triton")`` or
 ``POLYKERNELS_IMPL="attention=triton,matmul=cpp"``) runs that impl or raises ``NoImplError``
 listing why every candidate was refused; it never fails over.
 
-Decisions are cached per key: (op, device, dtypes, shape class, flags). The shape class keeps
-sizes up to 256 exact and buckets larger ones to powers of two, plus whether the last dim is
-contiguous — so ``supports()`` may depend on dtypes, devices, flags, the last-dim stride and
-small sizes (head dims, block sizes), but must not draw lines between two large sizes inside
-one power-of-two bucket.
+Decisions are cached per key: (op, device, dtypes, shape class, flags), LRU-bounded. The shape
+class keeps sizes up to 256 exact and buckets larger ones to powers of two, plus whether the
+last dim is contiguous; integer arguments are classed the same way and float arguments only
+as zero / one / other — so ``supports()`` may depend on dtypes, devices, flags, the last-dim
+stride, small sizes (head dims, block sizes) and whether a scale is 0 or 1, but must not draw
+lines between two large sizes inside one power-of-two bucket or between two other floats.
+
+Selection (selection.py): with ``POLYKERNELS_SELECT=measure`` (default) the candidates with a
+positive priority are timed once per key on the real inputs and ordered fastest first, the
+result persisted per machine; ``priority`` keeps the fixed order. A failed impl is demoted for
+its key for DEMOTION_S seconds, and only when another candidate then succeeds on the same
+input (if every candidate fails, the input is the likely cause and nothing is demoted).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 
 from ..triton.common import interpreting
+from . import selection
 
 log = logging.getLogger("polykernels")
 
@@ -38,6 +49,9 @@ ANY_DEVICE = "*"
 # Triton impls under the interpreter rank below everything else on CPU: they are slow and
 # exist there to prove correctness, so they run only when chosen explicitly.
 INTERPRETER_PRIORITY_OFFSET = -10_000
+MAX_CACHED_DECISIONS = 4096   # LRU bound of the decision cache
+DEMOTION_S = 60.0             # a failed impl is retried for its input class after this long
+_now = time.monotonic         # the demotion clock (tests replace it)
 
 
 class NoImplError(RuntimeError):
@@ -78,16 +92,21 @@ class Decision:
     device: str
     candidates: list[Impl] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)   # label -> reason
+    how: str = "priority"        # "priority", "measured", "measured (table)", "explicit choice"
+    times_ms: dict[str, float] = field(default_factory=dict)  # label -> median ms (measured)
+    final: bool = True           # False: priority order used where measuring was not allowed
 
     @property
     def chosen(self) -> Impl | None:
         return self.candidates[0] if self.candidates else None
 
     def __str__(self) -> str:
-        lines = [f"op {self.op} on {self.device}: "
-                 + (f"chose {self.chosen.label}" if self.chosen else "no implementation can run")]
+        def timed(label):
+            return f", {self.times_ms[label]:.3g} ms" if label in self.times_ms else ""
+        head = (f"chose {self.chosen.label}" if self.chosen else "no implementation can run")
+        lines = [f"op {self.op} on {self.device}: {head} (by {self.how}{timed(self.chosen.label) if self.chosen else ''})"]
         for impl in self.candidates[1:]:
-            lines.append(f"  fallback {impl.label} (priority {impl.priority})")
+            lines.append(f"  fallback {impl.label} (priority {impl.priority}{timed(impl.label)})")
         for label, reason in self.refused.items():
             lines.append(f"  refused {label}: {reason}")
         return "\n".join(lines)
@@ -98,11 +117,13 @@ class Registry:
         self._lock = threading.RLock()
         self.backends: dict[str, Backend] = {}
         self.impls: dict[str, list[Impl]] = {}
-        self._cache: dict[tuple, Decision] = {}
-        self._demoted: dict[tuple, dict[str, str]] = {}   # key -> {label: reason}
+        self._cache: collections.OrderedDict[tuple, Decision] = collections.OrderedDict()
+        # key -> {label: (reason, monotonic time the demotion expires)}
+        self._demoted: dict[tuple, dict[str, tuple[str, float]]] = {}
         self._warned: set[tuple] = set()
         self._loaders: list[Callable[[], None]] = []
         self._loaded = False
+        self._loading_thread: int | None = None
         self.load_errors: dict[str, str] = {}
         self.loaded_plugins: list[str] = []
         self._checked_env: set[str] = set()   # POLYKERNELS_IMPL values whose op names were checked
@@ -127,13 +148,14 @@ class Registry:
         if interpretable is None:
             interpretable = name == "triton"
         with self._lock:
-            lst = self.impls.setdefault(op, [])
+            lst = list(self.impls.get(op, []))   # copy on write: readers iterate a snapshot
             for b in backends:
                 if b not in self.backends:
                     raise ValueError(f"backend: {b!r} is not registered (known: {sorted(self.backends)})")
-                lst[:] = [i for i in lst if not (i.name == name and i.backend == b)]
+                lst = [i for i in lst if not (i.name == name and i.backend == b)]
                 lst.append(Impl(op, name, b, fn, supports or (lambda *a: None), priority,
                                 interpretable))
+            self.impls[op] = lst
             self._cache.clear()
 
     def add_loader(self, loader: Callable[[], None]) -> None:
@@ -141,15 +163,21 @@ class Registry:
         self._loaders.append(loader)
 
     def ensure_loaded(self) -> None:
-        if self._loaded:
+        """Run the loaders once. Other threads wait until they are done (a half-loaded registry
+        would refuse explicit choices); the loading thread itself may dispatch meanwhile."""
+        if self._loaded or self._loading_thread == threading.get_ident():
             return
         with self._lock:
             if self._loaded:
                 return
-            self._loaded = True   # set first: loaders may dispatch
-            for loader in self._loaders:
-                loader()
-            self._cache.clear()
+            self._loading_thread = threading.get_ident()
+            try:
+                for loader in self._loaders:
+                    loader()
+            finally:
+                self._loading_thread = None
+                self._loaded = True
+                self._cache.clear()
 
     # -- selection ------------------------------------------------------------------------
     def _eligibility(self, impl: Impl, device: torch.device) -> tuple[int | None, str | None]:
@@ -198,29 +226,71 @@ class Registry:
         return decision
 
     def decide(self, op: str, args: tuple) -> tuple[tuple, Decision]:
-        """(cache key, decision) for an automatic choice, cached per key."""
+        """(cache key, decision) for an automatic choice, cached per key (LRU-bounded).
+
+        With the ``measure`` policy the candidates with a positive priority are ordered by
+        measured time (see selection.py); where measuring is not allowed the priority order is
+        used and the decision is revisited by a later call."""
         self.ensure_loaded()
         key = (op,) + call_key(args)
         decision = self._cache.get(key)
-        if decision is None:
-            with self._lock:
-                decision = self._cache.get(key)
-                if decision is None:
-                    decision = self._decide(op, device_of(args), args)
-                    self._cache[key] = decision
+        if decision is not None and decision.final:
+            return key, decision
+        with self._lock:
+            decision = self._cache.get(key)
+            if decision is None or not decision.final:
+                decision = self._decide(op, device_of(args), args)
+                if selection.policy() == "measure":
+                    decision = self._measured(key, decision, args)
+                self._cache[key] = decision
+                while len(self._cache) > MAX_CACHED_DECISIONS:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
         return key, decision
+
+    def _measured(self, key: tuple, decision: Decision, args: tuple) -> Decision:
+        timed = [i for i in decision.candidates if i.priority > 0]
+        if len(timed) < 2:
+            return decision
+        rest = [i for i in decision.candidates if i.priority <= 0]
+        device = device_of(args)
+        key_text = repr(key)
+        path = selection.table_path(device)
+        entry = selection.TABLE.get(path, key_text)
+        by_label = {i.label: i for i in timed}
+        if entry is not None and set(entry["order"]) <= set(by_label):
+            decision.candidates = [by_label[l] for l in entry["order"]] + \
+                [i for i in timed if i.label not in entry["order"]] + rest
+            decision.how, decision.times_ms = "measured (table)", dict(entry["ms"])
+            return decision
+        why_not = selection.why_not_measure(args)
+        if why_not is not None:
+            decision.how, decision.final = f"priority ({why_not}: not measured)", False
+            return decision
+        times, errors = selection.time_candidates(decision.op, timed, args, selection.budget_s())
+        for label, err in errors.items():
+            decision.refused[label] = f"raised while being measured: {err}"
+        order = sorted(times, key=times.get)
+        decision.candidates = [by_label[l] for l in order] + rest
+        decision.how, decision.times_ms = "measured", times
+        if order:
+            selection.TABLE.put(path, key_text, {"order": order, "ms": times})
+        return decision
 
     def explain(self, op: str, args: tuple) -> Decision:
         self.ensure_loaded()
         choice = self._explicit_choice(op)
         if choice is not None:
-            return self._decide(op, device_of(args), args, only=choice)
+            d = self._decide(op, device_of(args), args, only=choice)
+            d.how = "explicit choice"
+            return d
         key, cached = self.decide(op, args)
-        demoted = self._demoted.get(key, {})
+        demoted = self._active_demotions(key)
         d = Decision(op, cached.device, [i for i in cached.candidates if i.label not in demoted],
-                     dict(cached.refused))
+                     dict(cached.refused), cached.how, dict(cached.times_ms), cached.final)
         for label, reason in demoted.items():
-            d.refused[label] = f"demoted after failing here: {reason}"
+            d.refused[label] = f"demoted after failing here (retried after {DEMOTION_S:.0f} s): {reason}"
         return d
 
     # -- running --------------------------------------------------------------------------
@@ -235,32 +305,56 @@ class Registry:
             return decision.chosen.fn(*args)
 
         key, decision = self.decide(op, args)
-        demoted = self._demoted.get(key, {})
-        last_error: Exception | None = None
+        demoted = self._active_demotions(key)
+        failures: list[tuple[Impl, Exception]] = []
         for impl in decision.candidates:
             if impl.label in demoted:
                 continue
             try:
-                return impl.fn(*args)
+                result = impl.fn(*args)
             except Exception as e:
                 if strict():
                     raise
-                self._demote(key, impl, e)
-                last_error = e
-        if last_error is not None:
-            raise last_error
+                failures.append((impl, e))
+                continue
+            for bad, error in failures:   # the input was fine for `impl`: the others failed
+                self._demote(key, bad, error)
+            return result
+        if failures:
+            # Every candidate failed: most likely the input itself is bad. Demote nothing, so
+            # a later valid call of this class still finds every impl. The last error is raised
+            # (the last resort's, usually the reference's).
+            raise failures[-1][1]
         raise NoImplError(str(self.explain(op, args)))
+
+    def _active_demotions(self, key: tuple) -> dict[str, str]:
+        entry = self._demoted.get(key)
+        if not entry:
+            return {}
+        now = _now()
+        return {label: reason for label, (reason, until) in entry.items() if until > now}
 
     def _demote(self, key: tuple, impl: Impl, error: Exception) -> None:
         reason = f"{type(error).__name__}: {error}"
         with self._lock:
-            self._demoted.setdefault(key, {})[impl.label] = reason
+            entry = self._demoted.setdefault(key, {})
+            entry[impl.label] = (reason, _now() + DEMOTION_S)
+            if len(self._demoted) > MAX_CACHED_DECISIONS:
+                self._demoted.pop(next(iter(self._demoted)))
             warn_key = (impl.op, impl.label, type(error).__name__)
             first = warn_key not in self._warned
             self._warned.add(warn_key)
         if first:
             log.warning("polykernels: %s impl %s failed (%s); falling back to the next "
-                        "implementation for this input class", impl.op, impl.label, reason)
+                        "implementation for this input class (retried after %.0f s)",
+                        impl.op, impl.label, reason, DEMOTION_S)
+
+    def reset_caches(self) -> None:
+        """Forget decisions, demotions and warnings (tests; after changing availability)."""
+        with self._lock:
+            self._cache.clear()
+            self._demoted.clear()
+            self._warned.clear()
 
     # -- explicit choice --------------------------------------------------------------------
     def known_ops(self) -> list[str]:
@@ -295,13 +389,6 @@ class Registry:
                 return table[op[: -len("_backward")]]
         return None
 
-    def reset_caches(self) -> None:
-        """Forget decisions, demotions and warnings (tests; after changing availability)."""
-        with self._lock:
-            self._cache.clear()
-            self._demoted.clear()
-            self._warned.clear()
-
 
 # -- call keys ---------------------------------------------------------------------------------
 def _size_class(n: int) -> int:
@@ -315,7 +402,13 @@ def _arg_key(a):
                 a.dim() == 0 or a.stride(-1) == 1 or a.shape[-1] <= 1)
     if isinstance(a, (list, tuple)):
         return tuple(_arg_key(x) for x in a)
-    return a   # None, bool, int, float, str, dtype: hashable flags
+    if isinstance(a, bool) or a is None:
+        return a
+    if isinstance(a, int):     # sizes such as max_seqlen: the same classes as tensor dims
+        return _size_class(a)
+    if isinstance(a, float):   # scales: only zero / one / other can change what an impl does
+        return ("f", a == 0.0, a == 1.0)
+    return a   # str, dtype: hashable flags
 
 
 def call_key(args: tuple) -> tuple:

@@ -70,6 +70,17 @@ def rand(*shape, dtype):
 SHAPES = [((), 1, 1, 1), ((), 7, 33, 5), ((2,), 65, 70, 31), ((2, 3), 7, 129, 67), ((), 16, 64, 96)]
 
 
+def strided_operands(m, k, n, dtype):
+    """{name: (a, b)}: transposed / sliced a and b, batches that cannot be merged."""
+    return {
+        "a^T": (rand(k, m, dtype=dtype).t(), rand(k, n, dtype=dtype)),
+        "b^T": (rand(m, k, dtype=dtype), rand(n, k, dtype=dtype).t()),
+        "both sliced": (rand(m, 2 * k, dtype=dtype)[:, ::2], rand(k, 3 * n, dtype=dtype)[:, 1::3]),
+        "batch permuted": (rand(m, 3, k, dtype=dtype).permute(1, 0, 2), rand(k, n, dtype=dtype)),
+        "batch sliced": (rand(4, m, k, dtype=dtype)[::2], rand(n, k, dtype=dtype).t()),
+    }
+
+
 def run_matmul(a, b, bias, act, out_dtype):
     shape = (*a.shape[:-1], b.shape[1])
     full, out = poisoned(shape, out_dtype)
@@ -98,13 +109,7 @@ def test_matmul_shapes_epilogues(isa, dtype):
 def test_matmul_strided_operands(isa, dtype):
     """Transposed / sliced a and b, a batch that cannot be merged, strided bias."""
     m, k, n = 13, 45, 37
-    cases = {
-        "a^T": (rand(k, m, dtype=dtype).t(), rand(k, n, dtype=dtype)),
-        "b^T": (rand(m, k, dtype=dtype), rand(n, k, dtype=dtype).t()),
-        "both sliced": (rand(m, 2 * k, dtype=dtype)[:, ::2], rand(k, 3 * n, dtype=dtype)[:, 1::3]),
-        "batch permuted": (rand(m, 3, k, dtype=dtype).permute(1, 0, 2), rand(k, n, dtype=dtype)),
-        "batch sliced": (rand(4, m, k, dtype=dtype)[::2], rand(n, k, dtype=dtype).t()),
-    }
+    cases = strided_operands(m, k, n, dtype)
     bias = rand(2 * n, dtype=dtype)[::2]
     for name, (a, b) in cases.items():
         out, full = run_matmul(a, b, bias, "gelu", dtype)

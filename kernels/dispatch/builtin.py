@@ -20,6 +20,7 @@ BUILTIN_IMPL_MODULES = [
     "polykernels.triton.flash_attention.register",
     "polykernels.triton.paged_attention.register",
     "polykernels.cuda.register",
+    "polykernels.torch_provider.register",
     "polykernels.reference.register",
     "polykernels.cpu.register_merge",
     "polykernels.cpu.register_attention",
@@ -43,6 +44,7 @@ def register_builtin_backends(registry: Registry) -> None:
     registry.register_backend(Backend("amd", ("cuda",), lambda: _cuda_vendor_available(True),
                                       priority=0, triton_target=_triton_target))
     registry.register_backend(Backend("cpu", ("cpu",), lambda: True, priority=0))
+    registry.register_backend(Backend("torch", ("*",), lambda: True, priority=0))
     registry.register_backend(Backend("reference", ("*",), lambda: True, priority=-1))
 
 

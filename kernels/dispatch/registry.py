@@ -373,7 +373,8 @@ class Registry:
 
     def _explicit_choice(self, op: str) -> str | None:
         """The explicit choice for op (pk.use first, then POLYKERNELS_IMPL); a choice for X
-        also covers X_backward unless it has its own. Unknown op names in either raise."""
+        also covers X_backward unless it has its own or the chosen impl has no backward.
+        Unknown op names in either raise."""
         override = _override.get()
         env = os.environ.get("POLYKERNELS_IMPL", "")
         env_table = _parse_impl_env(env)
@@ -385,8 +386,13 @@ class Registry:
         for table in (override, env_table):
             if op in table:
                 return table[op]
-            if op.endswith("_backward") and op[: -len("_backward")] in table:
-                return table[op[: -len("_backward")]]
+            forward = op[: -len("_backward")] if op.endswith("_backward") else None
+            if forward in table:
+                # X=impl covers X_backward only where impl has a backward (attention="torch"
+                # has none: the backward is then chosen automatically)
+                if any(i.name == table[forward] for i in self.impls.get(op, [])):
+                    return table[forward]
+                return None
         return None
 
 

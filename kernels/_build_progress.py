@@ -50,15 +50,17 @@ def jobs() -> int:
 
 
 def announce(sources: list[str], where: str, stream=None) -> None:
-    """The up-front line: what is compiled, where, and about how long it takes."""
+    """The up-front line: what is built, where, and about how long a full compile takes."""
     stream = stream or sys.stderr
     n_jobs = min(jobs(), os.cpu_count() or 1)
     secs = estimate_seconds(sources, n_jobs)
     cuda = sum(s.endswith(".cu") for s in sources)
     what = f"{len(sources)} C++ sources" + (f" ({cuda} CUDA)" if cuda else "")
-    print(f"polykernels: compiling the C++ extension once, {what} into {where}: about "
-          f"{_clock(max(30.0, secs))} with {n_jobs} parallel job(s) (MAX_JOBS); progress follows",
-          file=stream, flush=True)
+    reuse = " (up-to-date objects there are reused)" if os.path.exists(
+        os.path.join(where, "build.ninja")) else ""
+    print(f"polykernels: building the C++ extension, {what}, in {where}{reuse}: a full compile "
+          f"takes about {_clock(max(30.0, secs))} with {n_jobs} parallel job(s) (MAX_JOBS); "
+          "progress follows", file=stream, flush=True)
 
 
 def _clock(seconds: float) -> str:

@@ -128,8 +128,8 @@ def test_estimate_and_announce_say_how_long(capsys, monkeypatch):
     assert progress.estimate_seconds(sources, 1) == pytest.approx(2 * secs)
     progress.announce(sources, "/cache/dir")
     err = capsys.readouterr().err
-    assert re.search(rf"compiling the C\+\+ extension once, {len(sources)} C\+\+ sources into "
-                     r"/cache/dir: about \d+:\d\d with \d parallel job", err), err
+    assert re.search(rf"building the C\+\+ extension, {len(sources)} C\+\+ sources, in "
+                     r"/cache/dir: a full compile takes about \d+:\d\d with \d parallel job", err), err
 
 
 # --------------------------------------------------------------------------- command line

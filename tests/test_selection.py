@@ -238,3 +238,11 @@ def test_compiled_call_matches_eager_under_measurement():
     a, b = torch.randn(33, 40), torch.randn(40, 17)
     f = torch.compile(lambda a, b: pk.matmul(a, b, activation="relu"), fullgraph=True)
     torch.testing.assert_close(f(a, b), torch.relu(a @ b), rtol=1e-4, atol=1e-4)
+
+
+def test_measuring_under_inference_mode():
+    calls = []
+    r = registry_with({"slow": 4.0, "fast": 0.5}, calls)
+    with torch.inference_mode():
+        assert r.call("op", x_of())[0] == "fast"
+    assert r.explain("op", (x_of(),)).how == "measured"

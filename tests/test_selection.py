@@ -226,7 +226,7 @@ def test_explicit_choice_during_first_load_and_registration():
 def test_real_op_measured_between_the_runnable_providers():
     a, b = torch.randn(64, 96), torch.randn(96, 80)
     d = pk.explain("matmul", a, b)
-    timed = [i for i in d.candidates if i.priority > 0]
+    timed = [i for i in d.candidates if d.priorities[i.label] > 0]   # effective priority
     if len(timed) < 2:
         pytest.skip(f"only {len(timed)} measurable matmul impl(s) on this machine: {d}")
     assert d.how in ("measured", "measured (table)")
@@ -246,3 +246,18 @@ def test_measuring_under_inference_mode():
     with torch.inference_mode():
         assert r.call("op", x_of())[0] == "fast"
     assert r.explain("op", (x_of(),)).how == "measured"
+
+
+def test_interpreted_triton_is_never_timed(monkeypatch):
+    """Under TRITON_INTERPRET=1 a Triton impl registered at priority 100 runs at a priority far
+    below 0 on CPU tensors: it must stay out of the measurement, like the reference."""
+    calls = []
+    r = registry_with({"cpp": 2.0, "torch": 1.0}, calls)
+    r.register_backend(Backend("nvidia", ("cuda",), lambda: False))
+    r.register_impl("op", "triton", backends="nvidia", fn=sleeper("triton", 0, calls),
+                    priority=100, interpretable=True)
+    monkeypatch.setattr(registry_mod, "interpreting", lambda: True)
+    d = r.explain("op", (x_of(),))
+    assert d.how == "measured" and "triton" not in calls
+    assert [i.name for i in d.candidates] == ["torch", "cpp", "ref", "triton"]
+    assert d.priorities["triton@nvidia"] < 0

@@ -95,6 +95,7 @@ class Decision:
     how: str = "priority"        # "priority", "measured", "measured (table)", "explicit choice"
     times_ms: dict[str, float] = field(default_factory=dict)  # label -> median ms (measured)
     final: bool = True           # False: priority order used where measuring was not allowed
+    priorities: dict[str, int] = field(default_factory=dict)  # label -> effective priority here
 
     @property
     def chosen(self) -> Impl | None:
@@ -106,7 +107,8 @@ class Decision:
         head = (f"chose {self.chosen.label}" if self.chosen else "no implementation can run")
         lines = [f"op {self.op} on {self.device}: {head} (by {self.how}{timed(self.chosen.label) if self.chosen else ''})"]
         for impl in self.candidates[1:]:
-            lines.append(f"  fallback {impl.label} (priority {impl.priority}{timed(impl.label)})")
+            prio = self.priorities.get(impl.label, impl.priority)
+            lines.append(f"  fallback {impl.label} (priority {prio}{timed(impl.label)})")
         for label, reason in self.refused.items():
             lines.append(f"  refused {label}: {reason}")
         return "\n".join(lines)
@@ -223,6 +225,7 @@ class Registry:
             ranked.append((prio, self.backends[impl.backend].priority, impl))
         ranked.sort(key=lambda t: (t[0], t[1]), reverse=True)
         decision.candidates = [impl for _, _, impl in ranked]
+        decision.priorities = {impl.label: prio for prio, _, impl in ranked}
         return decision
 
     def decide(self, op: str, args: tuple) -> tuple[tuple, Decision]:
@@ -250,10 +253,12 @@ class Registry:
         return key, decision
 
     def _measured(self, key: tuple, decision: Decision, args: tuple) -> Decision:
-        timed = [i for i in decision.candidates if i.priority > 0]
+        # effective priority: Triton under the interpreter (registered 100, offset far below 0)
+        # and the reference (0) are never timed
+        timed = [i for i in decision.candidates if decision.priorities[i.label] > 0]
         if len(timed) < 2:
             return decision
-        rest = [i for i in decision.candidates if i.priority <= 0]
+        rest = [i for i in decision.candidates if decision.priorities[i.label] <= 0]
         device = device_of(args)
         key_text = repr(key)
         path = selection.table_path(device)
@@ -288,7 +293,8 @@ class Registry:
         key, cached = self.decide(op, args)
         demoted = self._active_demotions(key)
         d = Decision(op, cached.device, [i for i in cached.candidates if i.label not in demoted],
-                     dict(cached.refused), cached.how, dict(cached.times_ms), cached.final)
+                     dict(cached.refused), cached.how, dict(cached.times_ms), cached.final,
+                     dict(cached.priorities))
         for label, reason in demoted.items():
             d.refused[label] = f"demoted after failing here (retried after {DEMOTION_S:.0f} s): {reason}"
         return d

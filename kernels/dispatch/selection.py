@@ -8,10 +8,11 @@ order, what ran before measuring existed). An explicit choice (``pk.use`` /
 What is measured: the candidates with a positive priority (our kernels and the vendor
 ``torch`` provider). The pure-torch reference (priority 0) and Triton under the interpreter
 (negative) are never timed: they stay last, as the last resort. Each measured candidate runs
-once to warm up, then up to ``RUNS`` timed runs within its share of the time budget
-(``POLYKERNELS_SELECT_BUDGET_MS``, default 250 ms per decision); the median counts. A candidate
-that raises while being measured is dropped from that decision's order (it stays available to
-failover). Ops that write into arguments (``write_kv_cache``) are measured on scratch copies of
+once to warm up, then in up to ``RUNS`` interleaved rounds (every candidate once per round, so
+a change of load on shared CPUs hits all alike) until the time budget is spent
+(``POLYKERNELS_SELECT_BUDGET_MS``, default 250 ms per decision, at least one round); the median
+counts. A candidate that raises while being measured is dropped from that decision's order (it
+stays available to failover). Ops that write into arguments (``write_kv_cache``) are measured on scratch copies of
 the written tensors, found from the op's schema.
 
 Never measured (the priority order is used, and the decision is revisited in a later eager
@@ -181,29 +182,45 @@ def _sync(args: tuple) -> None:
 
 
 def time_candidates(op: str, impls: list, args: tuple, budget: float) -> tuple[dict, dict]:
-    """({label: median ms}, {label: error}) for each impl, within about ``budget`` seconds."""
+    """({label: median ms}, {label: error}) for each impl, within about ``budget`` seconds.
+
+    One warm-up run each, then rounds in which every candidate runs once, so a change in the
+    machine's load (shared CPUs) hits all candidates alike; at most RUNS rounds, and no new
+    round once the budget is spent (at least one timed round)."""
     writes = written_args(op)
-    times, errors = {}, {}
-    share = budget / max(1, len(impls))
-    for impl in impls:
-        def run_once():
-            call_args = tuple(a.clone() if i in writes and isinstance(a, torch.Tensor) else a
-                              for i, a in enumerate(args))
-            _sync(call_args)
-            t0 = time.perf_counter()
-            impl.fn(*call_args)
-            _sync(call_args)
-            return time.perf_counter() - t0
+
+    def run_once(impl):
+        call_args = tuple(a.clone() if i in writes and isinstance(a, torch.Tensor) else a
+                          for i, a in enumerate(args))
+        _sync(call_args)
+        t0 = time.perf_counter()
+        impl.fn(*call_args)
+        _sync(call_args)
+        return time.perf_counter() - t0
+
+    samples: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    live = []
+    for impl in impls:                       # warm-up: compiles, packs weights, allocates
         try:
-            first = run_once()                        # warm-up (compiles, packs, allocates)
-            samples, spent = [], 0.0
-            while len(samples) < RUNS and (not samples or spent + samples[-1] <= share):
-                samples.append(run_once())
-                spent += samples[-1]
-                if first > share:                     # slow: one timed run is enough
-                    break
-        except Exception as e:                        # noqa: BLE001 (reported, not hidden)
+            run_once(impl)
+        except Exception as e:               # noqa: BLE001 (reported in explain, not hidden)
             errors[impl.label] = f"{type(e).__name__}: {e}"
             continue
-        times[impl.label] = statistics.median(samples) * 1e3
-    return times, errors
+        live.append(impl)
+        samples[impl.label] = []
+    spent = 0.0
+    for _ in range(RUNS):
+        for impl in list(live):
+            try:
+                dt = run_once(impl)
+            except Exception as e:           # noqa: BLE001
+                errors[impl.label] = f"{type(e).__name__}: {e}"
+                live.remove(impl)
+                samples.pop(impl.label, None)
+                continue
+            samples[impl.label].append(dt)
+            spent += dt
+        if spent >= budget:
+            break
+    return {label: statistics.median(ts) * 1e3 for label, ts in samples.items() if ts}, errors

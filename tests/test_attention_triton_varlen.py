@@ -105,3 +105,24 @@ def test_varlen_impl_signature():
     w = ref.varlen_attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None, *args)
     for a, e in zip(g, w):
         torch.testing.assert_close(a.double(), e, atol=5e-5, rtol=0)
+
+
+def test_varlen_strided_int32_cu_seqlens():
+    """A strided int32 cu_seqlens view (e.g. every other entry of a longer tensor) must be read
+    through its stride, not as if it were contiguous."""
+    cu_q = torch.tensor([0, 99, 3, 99, 23], dtype=torch.int32)[::2]
+    cu_k = torch.tensor([0, 99, 7, 99, 32], dtype=torch.int32)[::2]
+    assert not cu_q.is_contiguous()
+    q, k, v = torch.randn(23, 2, 16), torch.randn(32, 1, 16), torch.randn(32, 1, 16)
+    args = (cu_q, cu_k, 20, 25, True, 0.25, -1, -1, 0.0, None)
+    out, lse = impl.varlen_attention(q, k, v, *args)
+    want, want_lse = ref.varlen_attention(q.double(), k.double(), v.double(),
+                                          cu_q.contiguous(), cu_k.contiguous(), *args[2:])
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=0)
+    assert_lse(lse, want_lse)
+    dout = torch.randn_like(q)
+    g = impl.varlen_attention_backward(dout, q, k, v, out, lse, *args)
+    w = ref.varlen_attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None,
+                                      cu_q.contiguous(), cu_k.contiguous(), *args[2:])
+    for a, e in zip(g, w):
+        torch.testing.assert_close(a.double(), e, atol=5e-5, rtol=0)

@@ -103,7 +103,8 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
         # Varlen kernels read lengths from cu_seqlens; the length arguments carry the totals
         # (the row stride of the [heads, total_q] lse).
         sq_arg, sk_arg = q.shape[0], k.shape[0]
-        cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+        # the kernels index cu_seqlens without a stride: strided views are made contiguous (tiny)
+        cu_q, cu_k = (c.to(torch.int32).contiguous() for c in (cu_seqlens_q, cu_seqlens_k))
         total_q, hq, d = q.shape
         lse_shape = (hq, total_q)
     else:
@@ -154,7 +155,8 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     if varlen:
         batch = cu_seqlens_q.numel() - 1
         sq_arg, sk_arg = q.shape[0], k.shape[0]  # totals, as in forward()
-        cu_q, cu_k = cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32)
+        # the kernels index cu_seqlens without a stride: strided views are made contiguous (tiny)
+        cu_q, cu_k = (c.to(torch.int32).contiguous() for c in (cu_seqlens_q, cu_seqlens_k))
         hq, d = q.shape[1], q.shape[2]
     else:
         batch, sq_arg, hq, d = q.shape

@@ -5,6 +5,10 @@ the backward ops stay on the reference).
 The kernels (kernels/cpu/attention*.cpp, paged_attention.cpp, kv_cache.cpp) pick their ISA
 path at run time (scalar / AVX2 / AVX-512 / AVX512_BF16, see cpu_isa.h) and accept any
 strides, GQA, causal/window/softcap/ALiBi, fp32/bf16/fp16 (fp8 e4m3fn caches for paged).
+
+Index tensors: the C++ ops read ``block_table`` and ``slot_mapping`` through their strides
+but want ``seq_lens`` and ``cu_seqlens_q/k`` contiguous, so those (a few ints) are made
+contiguous here: any valid view is accepted.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                      softmax_scale, window_left, window_right, softcap, alibi_slopes):
-    return _ops().cpu_varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+    return _ops().cpu_varlen_attention_fwd(q, k, v, cu_seqlens_q.contiguous(),
+                                           cu_seqlens_k.contiguous(), int(max_seqlen_q),
                                            int(max_seqlen_k), bool(causal), float(softmax_scale),
                                            int(window_left), int(window_right), float(softcap),
                                            alibi_slopes)
@@ -36,7 +41,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
                     window_right, softcap, alibi_slopes, k_scale, v_scale):
-    return _ops().cpu_paged_attention(q, k_cache, v_cache, block_table, seq_lens,
+    return _ops().cpu_paged_attention(q, k_cache, v_cache, block_table, seq_lens.contiguous(),
                                       float(softmax_scale), int(window_left), int(window_right),
                                       float(softcap), alibi_slopes, float(k_scale), float(v_scale))
 

@@ -4,8 +4,9 @@
 Rows per case: "torch" (SDPA, its default backend choice: the baseline of every ratio), then
 "sdpa:<backend>" for each SDPA backend that runs the case on this device (flash, efficient,
 cudnn, math; via torch.nn.attention.sdpa_kernel), then each impl that ``timed_impls`` lists
-(chosen with pk.use; the Triton interpreter is never timed). max err is against the torch
-row's output (fwd) or gradients (bwd).
+(chosen with pk.use; the Triton interpreter is never timed; the torch provider is "pk:torch"),
+then "default": pk.attention unpinned (bwd: "fwd <impl>" is the forward's pick). max err is
+against the torch row's output (fwd) or gradients (bwd).
 
 FLOP model (FlashAttention's): fwd = 4 * B * Hq * Sq * Sk * D, halved when causal;
 bwd = 2.5 x fwd; fwd+bwd = 3.5 x fwd.
@@ -20,6 +21,7 @@ the GPU session; cases past it are listed as skipped, not silently dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -28,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import main_for, max_abs_err, time_ms, timed_impls
+from benchmarks.common import (contenders, impl_rows, main_for, max_abs_err, picked, pinned,
+                               pinned_call, row_name, time_ms, time_rows, timed_impls)
 
 GQA_MODELS = [("llama3-8b", 32, 8), ("qwen2.5-7b", 28, 4)]
 # The pure-torch reference materialises [B, H, Sq, Sk] fp32 scores: time it only below this.
@@ -130,21 +133,42 @@ def bench_case(report, device, b, s, hq, hk, d, dtype, causal, passes=("fwd",), 
             report.add(op=op, shape=shape, impl=f"sdpa:{name}", ms=ms, flops=flops, baseline="torch",
                        max_err=_err(got, want))
         ops = ["attention"] if p == "fwd" else ["attention", "attention_backward"]
-        impls = timed_impls("attention" if p != "bwd" else "attention_backward", device)
-        for impl in impls:
-            if impl == "reference" and score_bytes > _REFERENCE_MAX_SCORE_BYTES:
+        skip = ("reference",) if score_bytes > _REFERENCE_MAX_SCORE_BYTES else ()
+        rows = contenders("attention", device, (q, k, v), dict(causal=causal), skip)
+        if p == "bwd":  # the backward's impls: pinned for both ops where both have them
+            rows = [(row_name(i), {"attention": i}, None)
+                    for i in timed_impls("attention_backward", device) if i not in skip] + rows[-1:]
+        fns, gots, why = {}, {}, {}
+        for name, choice, refused in rows:
+            if refused is not None:
+                why[name] = f"refused: {refused}"
                 continue
-            choice = {o: impl for o in ops if impl in timed_impls(o, device)}
+            if choice is not None:
+                impl = choice["attention"]
+                choice = {o: impl for o in ops if impl in timed_impls(o, device)}
             try:
-                with pk.use(**choice):
+                with pinned(choice):
                     fn, check = timed(pk_fwd)
-                    got = result(check)
-                    ms = _time(fn, device, reps, p)
+                    gots[name] = result(check)
+                fns[name] = pinned_call(choice, fn)
             except Exception as e:  # an impl that refuses this case: say so, keep going
-                report.add(op=op, shape=shape, impl=impl, ms=float("nan"), note=f"failed: {e}"[:80])
+                why[name] = f"failed: {e}"
+        with torch.no_grad() if p == "fwd" else contextlib.nullcontext():
+            ms = time_rows(fns, device, **reps)   # interleaved on CPU: same load for each
+        for name, choice, _ in rows:
+            if name in why:
+                report.add(op=op, shape=shape, impl=name, ms=float("nan"), note=why[name][:80])
                 continue
-            report.add(op=op, shape=shape, impl=impl, ms=ms, flops=flops, baseline="torch",
-                       max_err=_err(got, want))
+            report.add(op=op, shape=shape, impl=name, ms=ms[name], flops=flops, baseline="torch",
+                       max_err=_err(gots[name], want),
+                       picked=None if choice else _picked_fwd(p, q, k, v, causal))
+
+
+def _picked_fwd(p, q, k, v, causal):
+    """The default row's forward impl (for bwd passes marked as such: the backward's own
+    choice is made inside autograd)."""
+    name = picked("attention", q, k, v, causal=causal)
+    return name if p == "fwd" else f"fwd {name}"
 
 
 def _time(fn, device, reps, p):
@@ -231,16 +255,10 @@ def bench_varlen(report, device, quick: bool) -> None:
         report.add(op="varlen_attention", shape=shape, impl="torch", flops=flops,
                    ms=time_ms(torch_loop, device), max_err=_err(base, want),
                    note="SDPA per sequence")
-        for impl in timed_impls("varlen_attention", device):
-            if impl == "reference":
-                continue  # its speed is not interesting; it is the oracle above
-            with pk.use(varlen_attention=impl):
-                fn = lambda: pk.varlen_attention(q, k, v, cu, cu, max(lens), max(lens),  # noqa: E731
-                                                 causal=causal)
-                out = fn()
-                ms = time_ms(fn, device)
-            report.add(op="varlen_attention", shape=shape, impl=impl, flops=flops, ms=ms,
-                       baseline="torch", max_err=_err(out, want))
+        # the reference's speed is not interesting: it is the oracle above
+        impl_rows(report, "varlen_attention", device, (q, k, v, cu, cu, max(lens), max(lens)),
+                  dict(causal=causal), shape=shape, skip=("reference",), flops=flops,
+                  err_fn=lambda out: _err(out, want))
 
 
 def run(report, device, quick: bool) -> None:

@@ -1,5 +1,5 @@
-"""Paged decode attention: every impl available on the device vs torch (gather the blocks,
-then SDPA) in the same run.
+"""Paged decode attention: every impl available on the device, and the default (unpinned)
+call, vs torch (gather the blocks, then SDPA) in the same run.
 
 Byte model: the K and V bytes each sequence attends to (seq_len x heads_kv x head_dim x
 element size, twice), which is what decode has to read; q, out and the block table are
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err, time_ms, timed_impls
+from benchmarks.common import copy_bandwidth_gbs, impl_rows, main_for, max_abs_err, time_ms
 
 MODELS = {"llama3-8b": (32, 8), "qwen2.5-7b": (28, 4)}
 BLOCK_SIZE = 16
@@ -57,7 +57,6 @@ def run(report, device, quick: bool) -> None:
         cases = [("llama3-8b", 8, 4096 if not quick else 1024)]
         warm = dict(warmup=1, rep=3)
     bw = copy_bandwidth_gbs(device)
-    impls = [i for i in timed_impls("paged_attention", device)]
     for model, batch, ctx in cases:
         hq, hkv = MODELS[model]
         args = make_inputs(batch, ctx, hq, hkv, dim, dtype, device)
@@ -75,14 +74,9 @@ def run(report, device, quick: bool) -> None:
                    max_err=max_abs_err(base_out, want) if small else None,
                    note="gather + SDPA")
         del base_out
-        for impl in impls:
-            if impl == "reference" and not small:
-                continue
-            with pk.use(paged_attention=impl):
-                out = pk.paged_attention(*args)
-                ms = time_ms(lambda: pk.paged_attention(*args), device, **warm)
-            report.add(op="paged_decode", shape=shape, impl=impl, ms=ms, nbytes=nbytes, peak_gbs=bw,
-                       baseline="torch", max_err=max_abs_err(out, want), note=err_note)
+        impl_rows(report, "paged_attention", device, args, row_op="paged_decode", shape=shape,
+                  reps=warm, err_fn=lambda out: max_abs_err(out, want),
+                  skip=() if small else ("reference",), nbytes=nbytes, peak_gbs=bw, note=err_note)
         del args
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -115,14 +109,9 @@ def bench_write_kv_cache(report, device, quick: bool, bw: float) -> None:
         want_k = k_cache.clone()
         report.add(op="write_kv_cache", shape=shape, impl="torch", nbytes=nbytes, peak_gbs=bw,
                    ms=time_ms(torch_write, device))
-        for impl in timed_impls("write_kv_cache", device):
-            k_cache.zero_()
-            with pk.use(write_kv_cache=impl):
-                pk.write_kv_cache(k, v, k_cache, v_cache, slots)
-                err = max_abs_err(k_cache, want_k)
-                ms = time_ms(lambda: pk.write_kv_cache(k, v, k_cache, v_cache, slots), device)
-            report.add(op="write_kv_cache", shape=shape, impl=impl, ms=ms, nbytes=nbytes,
-                       peak_gbs=bw, baseline="torch", max_err=err)
+        impl_rows(report, "write_kv_cache", device, (k, v, k_cache, v_cache, slots), shape=shape,
+                  setup=k_cache.zero_, err_fn=lambda _: max_abs_err(k_cache, want_k),
+                  nbytes=nbytes, peak_gbs=bw)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 Rows per case: "torch" (torch.matmul / F.linear + activation / torch._scaled_mm or
 torch._int_mm / dequantise + matmul / a loop of per-expert matmuls), then each impl that
 ``timed_impls`` lists for the op on this device (on CPU: cpp and reference; the Triton
-interpreter is never timed), chosen with ``pk.use``. FLOP model 2*M*N*K; weight-only rows
-also report GB/s on the packed weight + scales bytes and % of the measured copy bandwidth.
+interpreter is never timed), chosen with ``pk.use``, then "default": the unpinned call.
+FLOP model 2*M*N*K; weight-only rows also report GB/s on the packed weight + scales bytes
+and % of the measured copy bandwidth.
 
-CPU preset (issue 5 goals): GEMM fp32/bf16 1024^3 and 2048^3; linear+bias+GELU M512 K4096
-N11008 bf16; int4/int8 weight-only M1 K4096 N11008. GPU preset: square 512..8192, Llama-3-8B
-and Qwen-2.5-7B projections at M = 1, 16, 128, 4096 (bf16, fp8, int4), Mixtral MoE
-(8 experts, top-2, 4096 -> 14336) grouped GEMM.
+CPU preset (issue 5 goals): GEMM fp32/bf16 1024^3 and 2048^3 (2048^3 skipped, with a row
+that says so, where torch took over SLOW_CALL_MS per 1024^3 call: bf16 without native bf16
+instructions); linear+bias+GELU M512 K4096 N11008 bf16; int4/int8 weight-only M1 K4096
+N11008. GPU preset: square 512..8192, Llama-3-8B and Qwen-2.5-7B projections at M = 1, 16,
+128, 4096 (bf16, fp8, int4), Mixtral MoE (8 experts, top-2, 4096 -> 14336) grouped GEMM.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err, time_ms, timed_impls
+from benchmarks.common import (SLOW_CALL_MS, copy_bandwidth_gbs, impl_rows, main_for, max_abs_err,
+                               time_ms, timed_call)
 
 # (name, K, N) projections: Llama-3-8B (hidden 4096, 8 KV heads of 128, MLP 14336) and
 # Qwen-2.5-7B (hidden 3584, 4 KV heads of 128, MLP 18944).
@@ -38,17 +41,19 @@ def _reps(device, flops):
     return dict(warmup=1, rep=3) if flops > 2e10 else dict(warmup=2, rep=5)
 
 
-def _impl_rows(report, op, shape, device, call, ref_out, flops=None, nbytes=None, peak=None):
-    for impl in timed_impls(op, device):
-        with pk.use(**{op: impl}):
-            try:
-                out = call()
-            except Exception as e:  # an impl that refuses this case: say so, keep going
-                report.add(op=op, shape=shape, impl=impl, ms=float("nan"), note=f"failed: {e}"[:80])
-                continue
-            ms = time_ms(call, device, **_reps(device, flops or 0))
-        report.add(op=op, shape=shape, impl=impl, ms=ms, flops=flops, nbytes=nbytes,
-                   peak_gbs=peak, baseline="torch", max_err=max_abs_err(out, ref_out))
+def _torch_row(report, op, shape, device, torch_fn, flops, **add_kw):
+    """The torch baseline row; returns its output (the reference for max err)."""
+    ref_out, first = timed_call(torch_fn, device)
+    report.add(op=op, shape=shape, impl="torch", flops=flops,
+               ms=time_ms(torch_fn, device, first_ms=first, **_reps(device, flops)), **add_kw)
+    return ref_out
+
+
+def _impl_rows(report, op, shape, device, args, kwargs, ref_out, flops=None, nbytes=None, peak=None):
+    impl_rows(report, op, device, args, kwargs, shape=shape,
+              reps=_reps(device, flops or 0),
+              err_fn=lambda out: max_abs_err(out, ref_out), flops=flops, nbytes=nbytes,
+              peak_gbs=peak)
 
 
 def bench_gemm(report, device, M, K, N, dtype, bias=False, activation=None, op="matmul",
@@ -61,17 +66,15 @@ def bench_gemm(report, device, M, K, N, dtype, bias=False, activation=None, op="
     if op == "linear":
         def torch_fn():
             return _ACT[activation](F.linear(a, w, b))
-        call = lambda: pk.linear(a, w, b, activation=activation)  # noqa: E731
+        call = (a, w, b), dict(activation=activation)  # pk.linear(*args, **kwargs)
     else:
         wt = w.t().contiguous()
 
         def torch_fn():
             return _ACT[activation](torch.matmul(a, wt) if b is None else torch.addmm(b, a, wt))
-        call = lambda: pk.matmul(a, wt, bias=b, activation=activation)  # noqa: E731
-    ref_out = torch_fn()
-    report.add(op=op, shape=shape, impl="torch", ms=time_ms(torch_fn, device, **_reps(device, flops)),
-               flops=flops)
-    _impl_rows(report, op, shape, device, call, ref_out, flops=flops)
+        call = (a, wt), dict(bias=b, activation=activation)  # pk.matmul(...)
+    ref_out = _torch_row(report, op, shape, device, torch_fn, flops)
+    _impl_rows(report, op, shape, device, *call, ref_out, flops=flops)
 
 
 def bench_weight_only(report, device, M, K, N, bits, dtype=torch.bfloat16, group_size=128,
@@ -86,13 +89,10 @@ def bench_weight_only(report, device, M, K, N, bits, dtype=torch.bfloat16, group
 
     def torch_fn():  # what a user without a kernel does: dequantise, then matmul
         return F.linear(x, pk.reference.quant.dequantize_weight(qw, s, z, bits, group_size, dtype))
-    ref_out = torch_fn()
-    report.add(op="quantized_linear", shape=shape, impl="torch",
-               ms=time_ms(torch_fn, device, **_reps(device, flops)), flops=flops,
-               nbytes=nbytes, peak_gbs=peak, note="dequantise + matmul")
-    _impl_rows(report, "quantized_linear", shape, device,
-               lambda: pk.quantized_linear(x, qw, s, z, bits=bits, group_size=group_size),
-               ref_out, flops=flops, nbytes=nbytes, peak=peak)
+    ref_out = _torch_row(report, "quantized_linear", shape, device, torch_fn, flops,
+                         nbytes=nbytes, peak_gbs=peak, note="dequantise + matmul")
+    _impl_rows(report, "quantized_linear", shape, device, (x, qw, s, z),
+               dict(bits=bits, group_size=group_size), ref_out, flops=flops, nbytes=nbytes, peak=peak)
 
 
 def bench_scaled(report, device, M, K, N, dtype, label=""):
@@ -117,16 +117,13 @@ def bench_scaled(report, device, M, K, N, dtype, label=""):
         def torch_fn():
             return ((qa.float() @ qb.float()) * sa * sb).to(torch.bfloat16)
     try:
-        ref_out = torch_fn()
-        report.add(op="scaled_matmul", shape=shape, impl="torch", flops=flops,
-                   ms=time_ms(torch_fn, device, **_reps(device, flops)))
+        ref_out = _torch_row(report, "scaled_matmul", shape, device, torch_fn, flops)
     except Exception as e:  # e.g. _scaled_mm needs sm89+
         ref_out = pk.reference.scaled_matmul(qa, qb, sa, sb, None, torch.bfloat16)
         report.add(op="scaled_matmul", shape=shape, impl="torch", ms=float("nan"),
                    note=f"failed: {e}"[:80])
-    _impl_rows(report, "scaled_matmul", shape, device,
-               lambda: pk.scaled_matmul(qa, qb, sa, sb, out_dtype=torch.bfloat16), ref_out,
-               flops=flops)
+    _impl_rows(report, "scaled_matmul", shape, device, (qa, qb, sa, sb),
+               dict(out_dtype=torch.bfloat16), ref_out, flops=flops)
 
 
 def bench_grouped(report, device, tokens, E=8, topk=2, K=4096, N=14336, dtype=torch.bfloat16):
@@ -142,11 +139,16 @@ def bench_grouped(report, device, tokens, E=8, topk=2, K=4096, N=14336, dtype=to
 
     def torch_fn():
         return torch.cat([x[starts[e]:starts[e + 1]] @ w[e] for e in range(E)])
-    ref_out = torch_fn()
-    report.add(op="grouped_matmul", shape=shape, impl="torch", flops=flops,
-               ms=time_ms(torch_fn, device, **_reps(device, flops)), note="loop over experts")
-    _impl_rows(report, "grouped_matmul", shape, device,
-               lambda: pk.grouped_matmul(x, w, sizes), ref_out, flops=flops)
+    ref_out = _torch_row(report, "grouped_matmul", shape, device, torch_fn, flops,
+                         note="loop over experts")
+    _impl_rows(report, "grouped_matmul", shape, device, (x, w, sizes), {}, ref_out, flops=flops)
+
+
+def _slow_torch(report, op, shape):
+    """The torch row of (op, shape) if one call took longer than SLOW_CALL_MS, else None."""
+    rows = [r for r in report.rows if (r.op, r.shape, r.impl) == (op, shape, "torch")
+            and r.ms > SLOW_CALL_MS]
+    return rows[-1] if rows else None
 
 
 def run(report, device, quick: bool) -> None:
@@ -168,6 +170,13 @@ def run(report, device, quick: bool) -> None:
         sizes = (1024,) if quick else (1024, 2048)
         for dtype in (torch.float32, torch.bfloat16):
             for n in sizes:
+                slow = _slow_torch(report, "matmul", f"{sizes[0]}x{sizes[0]}x{sizes[0]} {str(dtype)[6:]}")
+                if n != sizes[0] and slow is not None:
+                    # e.g. bf16 without native bf16 instructions: ~1 min per 2048^3 torch call
+                    report.add(op="matmul", shape=f"{n}x{n}x{n} {str(dtype)[6:]}", impl="-",
+                               ms=float("nan"), note=f"skipped: torch took {slow.ms / 1e3:.1f} s "
+                               f"per call at {sizes[0]}^3 (~{(n / sizes[0]) ** 3:.0f}x that here)")
+                    continue
                 case(bench_gemm, n, n, n, dtype)
         case(bench_gemm, 64 if quick else 512, 4096, 11008, torch.bfloat16, bias=True,
              activation="gelu", op="linear")

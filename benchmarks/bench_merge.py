@@ -1,4 +1,5 @@
-"""merge_attention_states: every impl available on the device vs the same formula in torch.
+"""merge_attention_states: every impl available on the device, and the default (unpinned)
+call, vs the same formula in torch.
 
 Bytes model: read out_a, out_b, lse_a, lse_b, write out and lse.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 import torch
 
 import polykernels as pk
-from benchmarks.common import copy_bandwidth_gbs, main_for, max_abs_err, time_ms, timed_impls
+from benchmarks.common import copy_bandwidth_gbs, impl_rows, main_for, max_abs_err, time_ms
 
 
 def torch_merge(out_a, lse_a, out_b, lse_b):
@@ -34,12 +35,9 @@ def run(report, device, quick: bool) -> None:
             report.add(op="merge_states", shape=shape, impl="torch",
                        ms=time_ms(lambda: torch_merge(*args), device), nbytes=nbytes, peak_gbs=bw,
                        max_err=max_abs_err(torch_merge(*args)[0], ref_out))
-            for impl in timed_impls("merge_attention_states", device):
-                with pk.use(merge_attention_states=impl):
-                    out, _ = pk.merge_attention_states(*args)
-                    ms = time_ms(lambda: pk.merge_attention_states(*args), device)
-                report.add(op="merge_states", shape=shape, impl=impl, ms=ms, nbytes=nbytes,
-                           peak_gbs=bw, baseline="torch", max_err=max_abs_err(out, ref_out))
+            impl_rows(report, "merge_attention_states", device, args, row_op="merge_states",
+                      shape=shape, nbytes=nbytes, peak_gbs=bw,
+                      err_fn=lambda out: max_abs_err(out[0], ref_out))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,20 @@ Each ``benchmarks/bench_<op>.py`` defines ``run(report, device, quick)`` and end
 ``if __name__ == "__main__": main_for(run)``. Timing is the median after warm-up (CPU:
 ``time.perf_counter`` around synchronised calls; CUDA: ``triton.testing.do_bench``). Ratios
 against torch come from rows measured in the same run.
+
+Rows of one workload (same op and shape): the script's torch baseline ("torch"), each impl
+pinned with ``pk.use`` (the impl's name; the torch *provider* impl is "pk:torch", so it never
+clashes with the baseline), and "default": the public call unpinned, whatever dispatch picks
+(``Row.picked``, from ``pk.explain``). ``contenders`` lists them. The default row carries
+``vs_best`` = best ms of the other rows / default ms (goal: >= ``DEFAULT_GOAL``), kept up to
+date as rows arrive and summarised after the table.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import platform
 import statistics
 import sys
@@ -24,25 +32,63 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn, device, warmup: int = 3, rep: int = 10, min_time_s: float = 0.0) -> float:
-    """Median milliseconds of ``fn()`` after ``warmup`` calls."""
+# CPU: a call slower than this is timed once, after one warm-up call (at that length more
+# calls add nothing but minutes: e.g. torch's bf16 GEMM without native bf16 instructions takes
+# seconds per 1024^3 call on an AVX2 machine). A slow call already made (``first_ms``: the one
+# whose output was checked for errors) serves as that warm-up.
+SLOW_CALL_MS = 1000.0
+
+
+def timed_call(fn, device):
+    """(fn(), its milliseconds)."""
+    device = torch.device(device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def time_ms(fn, device, warmup: int = 3, rep: int = 10, min_time_s: float = 0.0,
+            first_ms: float | None = None) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` calls (CPU: see ``SLOW_CALL_MS``)."""
     device = torch.device(device)
     if device.type == "cuda":
         import triton.testing
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    for _ in range(warmup):
-        fn()
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < rep or time.perf_counter() - start_all < min_time_s:
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 10 * rep:
-            break
-    return statistics.median(times)
+    return time_interleaved({"fn": fn}, rep, warmup, device, {"fn": first_ms or 0.0},
+                            min_time_s)["fn"]
+
+
+def time_interleaved(fns: dict, rounds: int, warmup: int = 2, device="cpu",
+                     first_ms: dict | None = None, min_time_s: float = 0.0) -> dict:
+    """Median ms per contender, calling each once per round in turn: on a shared, noisy CPU
+    the contenders' times then come from calls made under the same load. A contender slower
+    than ``SLOW_CALL_MS`` (in warm-up, or already in ``first_ms[name]``, the call that served
+    as its warm-up, and once more) is timed once. ``min_time_s``: more rounds until then
+    (at most 10x ``rounds``)."""
+    device = torch.device(device)
+    times = {name: [] for name in fns}
+    slow = set()
+    for name, fn in fns.items():
+        if (first_ms or {}).get(name, 0.0) > SLOW_CALL_MS:
+            ms = timed_call(fn, device)[1]
+            if ms > SLOW_CALL_MS:
+                slow.add(name)
+                times[name].append(ms)
+                continue
+        for _ in range(warmup):
+            if timed_call(fn, device)[1] > SLOW_CALL_MS:
+                slow.add(name)
+                break
+    start = time.perf_counter()
+    n = 0
+    while n < rounds or (time.perf_counter() - start < min_time_s and n < 10 * rounds):
+        for name, fn in fns.items():
+            if not (name in slow and times[name]):
+                times[name].append(timed_call(fn, device)[1])
+        n += 1
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 _bandwidth_cache: dict[str, float] = {}
@@ -74,6 +120,18 @@ class Row:
     max_err: float | None = None
     pct_of_peak: float | None = None     # % of the roofline figure given (FLOP or bandwidth)
     note: str = ""
+    picked: str | None = None            # "default" rows: the impl dispatch chose
+    vs_best: float | None = None         # "default" rows: best other row's ms / this ms
+    best: str | None = None              # "default" rows: which row that best is
+    contender: bool = True               # False: a variant (e.g. an fp8 cache), never "best"
+
+    @property
+    def label(self) -> str:
+        return f"{self.impl} ({self.picked})" if self.picked else self.impl
+
+
+DEFAULT = "default"
+DEFAULT_GOAL = 0.97    # the default call should reach this fraction of the best row's speed
 
 
 @dataclass
@@ -85,10 +143,14 @@ class Report:
     def add(self, *, op: str, shape: str, impl: str, ms: float, flops: float | None = None,
             nbytes: float | None = None, baseline: str | None = None,
             max_err: float | None = None, peak_tflops: float | None = None,
-            peak_gbs: float | None = None, note: str = "") -> Row:
+            peak_gbs: float | None = None, note: str = "", picked: str | None = None,
+            contender: bool = True) -> Row:
         """Add a timed row. ``baseline`` names the impl of an earlier row with the same op and
-        shape (e.g. "torch"); its time gives the ratio. Peak figures give % of roofline."""
-        row = Row(op, shape, impl, ms, note=note, max_err=max_err, baseline=baseline)
+        shape (e.g. "torch"); its time gives the ratio. Peak figures give % of roofline.
+        ``picked``: for the "default" row, the impl dispatch chose. ``contender=False``: a
+        variant of the workload that does not count as a best time."""
+        row = Row(op, shape, impl, ms, note=note, max_err=max_err, baseline=baseline,
+                  picked=picked, contender=contender)
         if flops is not None:
             row.tflops = flops / (ms * 1e-3) / 1e12
             if peak_tflops:
@@ -102,24 +164,47 @@ class Report:
             if base:
                 row.vs_baseline = base[-1].ms / ms
         self.rows.append(row)
+        self._update_vs_best(op, shape)
         _progress(row)
         return row
 
+    def _update_vs_best(self, op: str, shape: str) -> None:
+        rows = [r for r in self.rows if r.op == op and r.shape == shape]
+        timed = [r for r in rows if r.impl != DEFAULT and r.contender and math.isfinite(r.ms)]
+        best = min(timed, key=lambda r: r.ms, default=None)
+        for r in rows:
+            if r.impl == DEFAULT and best is not None and math.isfinite(r.ms) and r.ms > 0:
+                r.vs_best, r.best = best.ms / r.ms, best.impl
+
     def table(self) -> str:
-        head = ["op", "shape", "impl", "ms", "TFLOP/s", "GB/s", "% peak", "vs base", "max err", "note"]
+        head = ["op", "shape", "impl", "ms", "TFLOP/s", "GB/s", "% peak", "vs base",
+                "default/best", "max err", "note"]
         lines = []
         for r in self.rows:
-            lines.append([r.op, r.shape, r.impl, f"{r.ms:.4g}",
+            lines.append([r.op, r.shape, r.label, f"{r.ms:.4g}",
                           "" if r.tflops is None else f"{r.tflops:.4g}",
                           "" if r.gbs is None else f"{r.gbs:.4g}",
                           "" if r.pct_of_peak is None else f"{r.pct_of_peak:.1f}",
                           "" if r.vs_baseline is None else f"{r.vs_baseline:.2f}x {r.baseline}",
+                          "" if r.vs_best is None else f"{r.vs_best:.2f}x {r.best}",
                           "" if r.max_err is None else f"{r.max_err:.2e}", r.note])
-        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-        out += [fmt.format(*line) for line in lines]
-        return "\n".join(out)
+        return _format(head, lines)
+
+    def summary(self) -> str:
+        """One line per workload with a default row: what dispatch picked, the best row of the
+        run, default / best (speed) and whether it meets ``DEFAULT_GOAL``."""
+        rows = [r for r in self.rows if r.impl == DEFAULT]
+        if not rows:
+            return ""
+        lines = [[r.op, r.shape, r.picked or "?", r.best or "-",
+                  "" if r.vs_best is None else f"{r.vs_best:.3f}x",
+                  "" if r.vs_best is None else ("ok" if r.vs_best >= DEFAULT_GOAL else "BELOW")]
+                 for r in rows]
+        judged = [r for r in rows if r.vs_best is not None]
+        ok = sum(1 for r in judged if r.vs_best >= DEFAULT_GOAL)
+        head = ["op", "shape", "default picked", "best row", "default/best", f">= {DEFAULT_GOAL}"]
+        return (f"default call vs the best row of each workload (speed ratio; goal >= {DEFAULT_GOAL}x):\n"
+                + _format(head, lines) + f"\n{ok}/{len(judged)} workloads meet the goal")
 
     def save(self, csv_path: str | None = None, json_path: str | None = None,
              plot_path: str | None = None) -> None:
@@ -134,6 +219,14 @@ class Report:
                 json.dump({"meta": self.meta, "rows": [asdict(r) for r in self.rows]}, f, indent=1)
         if plot_path:
             plot(self, plot_path)
+
+
+def _format(head: list[str], lines: list[list]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
 
 
 def plot(report: Report, path: str) -> None:
@@ -161,7 +254,7 @@ _quiet = False
 
 def _progress(row: Row) -> None:
     if not _quiet:
-        print(f"  . {row.op} {row.shape} {row.impl}: {row.ms:.4g} ms", file=sys.stderr, flush=True)
+        print(f"  . {row.op} {row.shape} {row.label}: {row.ms:.4g} ms", file=sys.stderr, flush=True)
 
 
 def environment(device: torch.device) -> dict:
@@ -199,6 +292,107 @@ def timed_impls(op: str, device: torch.device) -> list[str]:
     return names
 
 
+def row_name(impl: str) -> str:
+    """Row name of a pinned impl ("pk:torch" for the torch provider: "torch" is the baseline)."""
+    return "pk:torch" if impl == "torch" else impl
+
+
+def refusal(op: str, impl: str, *args, **kwargs) -> str | None:
+    """None if impl ``impl`` accepts this public call of ``op`` (pk.explain under the pin),
+    else why not."""
+    import polykernels as pk
+    with pk.use(**{op: impl}):
+        d = pk.explain(op, *args, **kwargs)
+    return None if d.chosen is not None else ("; ".join(d.refused.values()) or "refused")
+
+
+def picked(op: str, *args, **kwargs) -> str:
+    """The row name of the impl an unpinned call of ``op`` runs for these arguments
+    (pk.explain; call it after the first call, so that the decision is the one that call made)."""
+    import polykernels as pk
+    d = pk.explain(op, *args, **kwargs)
+    return row_name(d.chosen.name) if d.chosen is not None else "none"
+
+
+def contenders(op: str, device, args: tuple, kwargs: dict | None = None,
+               skip: tuple[str, ...] = ()) -> list[tuple[str, dict | None, str | None]]:
+    """What to time for one workload of ``op`` called as ``pk.<op>(*args, **kwargs)``:
+    (row name, pk.use choices, refusal) for each impl that ``timed_impls`` lists (except
+    ``skip``), refusal None when that impl accepts these arguments; then ("default", None,
+    None): the unpinned call. Time a row under ``pk.use(**choices)`` (no pin for default)."""
+    kwargs = kwargs or {}
+    rows = [(row_name(impl), {op: impl}, refusal(op, impl, *args, **kwargs))
+            for impl in timed_impls(op, torch.device(device)) if impl not in skip]
+    return rows + [(DEFAULT, None, None)]
+
+
+def pinned(choices: dict | None):
+    """``pk.use(**choices)``, or no pin at all for None (the default row)."""
+    import contextlib
+    import polykernels as pk
+    return contextlib.nullcontext() if choices is None else pk.use(**choices)
+
+
+def pinned_call(choices: dict | None, fn, *args, **kwargs):
+    """A zero-argument call of ``fn(*args, **kwargs)`` under ``pinned(choices)``."""
+    if choices is None:
+        return lambda: fn(*args, **kwargs)
+
+    def call():
+        with pinned(choices):
+            return fn(*args, **kwargs)
+    return call
+
+
+def time_rows(fns: dict, device, warmup: int = 3, rep: int = 10,
+              first_ms: dict | None = None) -> dict:
+    """Median ms per named zero-argument function. CPU: interleaved rounds, so contenders
+    (e.g. the default call and the impl it picks) are compared under the same load; GPU:
+    ``time_ms`` each."""
+    if torch.device(device).type == "cuda":
+        return {name: time_ms(fn, device) for name, fn in fns.items()}
+    return time_interleaved(fns, rounds=rep, warmup=warmup, device=device, first_ms=first_ms)
+
+
+def impl_rows(report: Report, op: str, device, args: tuple, kwargs: dict | None = None, *,
+              shape: str, row_op: str | None = None, reps: dict | None = None, err_fn=None,
+              setup=None, skip: tuple[str, ...] = (), baseline: str | None = "torch",
+              **add_kw) -> None:
+    """The pk rows of one workload: ``pk.<op>(*args, **kwargs)`` once per ``contenders``
+    entry (each impl pinned, then the unpinned default), timed together by ``time_rows``
+    (``reps``: its warmup / rep). ``err_fn(first result) -> max err``; ``setup()`` runs before
+    each row's first call; other keywords go to ``report.add``. A refusing or failing impl
+    gets a NaN row that says why; the run goes on."""
+    import polykernels as pk
+    kwargs = kwargs or {}
+    public = getattr(pk, op)
+    rows = contenders(op, device, args, kwargs, skip)
+    fns, first, errs, why = {}, {}, {}, {}
+    for name, choices, refused in rows:
+        if refused is not None:
+            why[name] = f"refused: {refused}"
+            continue
+        call = pinned_call(choices, public, *args, **kwargs)
+        try:
+            if setup is not None:
+                setup()
+            out, call_ms = timed_call(call, device)
+            if choices is not None:   # the default's first call may include measuring
+                first[name] = call_ms
+            errs[name] = err_fn(out) if err_fn is not None else None
+            fns[name] = call
+        except Exception as e:  # an impl that fails this case: say so, keep going
+            why[name] = f"failed: {e}"
+    ms = time_rows(fns, device, first_ms=first, **(reps or {}))
+    for name, choices, _ in rows:
+        if name in why:
+            report.add(op=row_op or op, shape=shape, impl=name, ms=float("nan"), note=why[name][:80])
+            continue
+        report.add(op=row_op or op, shape=shape, impl=name, ms=ms[name], max_err=errs[name],
+                   baseline=baseline, picked=None if choices else picked(op, *args, **kwargs),
+                   **add_kw)
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the accelerator)")
     parser.add_argument("--quick", action="store_true", help="a few small shapes")
@@ -220,5 +414,7 @@ def main_for(run) -> Report:
     report = Report(str(device), meta=environment(device))
     run(report, device, args.quick)
     print(report.table())
+    if report.summary():
+        print("\n" + report.summary())
     report.save(args.csv, args.json, args.plot)
     return report

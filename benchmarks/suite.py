@@ -2,20 +2,22 @@
 
 Usage: ``python -m benchmarks.suite [--device cpu|cuda] [--quick] [--csv F] [--json F]
 [--plot F.png] [--only attention,matmul]``. A script that fails is reported and the suite
-exits non-zero after running the rest.
+exits non-zero after running the rest. After the table: per workload, the default (unpinned)
+call's speed over the best row of the run (goal >= 0.97x).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import time
 import traceback
 
 import torch
 
 from .common import Report, add_common_args, default_device, environment
 
-SCRIPTS = ["bench_merge", "bench_attention", "bench_decode", "bench_matmul"]
+SCRIPTS = ["bench_merge", "bench_attention", "bench_decode", "bench_matmul", "bench_dispatch"]
 
 
 def main(argv=None) -> int:
@@ -29,13 +31,17 @@ def main(argv=None) -> int:
     failed = []
     for name in wanted:
         print(f"== {name} on {device}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
             module.run(report, device, args.quick)
         except Exception:
             traceback.print_exc()
             failed.append(name)
+        print(f"== {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     print(report.table())
+    if report.summary():
+        print("\n" + report.summary())
     report.save(args.csv, args.json, args.plot)
     if failed:
         print(f"benchmark scripts failed: {', '.join(failed)}", file=sys.stderr)

@@ -234,8 +234,9 @@ class Registry:
         With the ``measure`` policy the candidates with a positive priority are ordered by
         measured time (see selection.py); where measuring is not allowed the priority order is
         used and the decision is revisited by a later call."""
-        self.ensure_loaded()
-        key = (op,) + call_key(args)
+        if not self._loaded:
+            self.ensure_loaded()
+        key = (op, *[_arg_key(a) for a in args])
         decision = self._cache.get(key)
         if decision is not None and decision.final:
             return key, decision
@@ -302,7 +303,8 @@ class Registry:
     # -- running --------------------------------------------------------------------------
     def call(self, op: str, *args):
         """Run op with the chosen impl, failing over to the next on an exception."""
-        self.ensure_loaded()
+        if not self._loaded:
+            self.ensure_loaded()
         choice = self._explicit_choice(op)
         if choice is not None:
             decision = self._decide(op, device_of(args), args, only=choice)
@@ -382,8 +384,10 @@ class Registry:
         also covers X_backward unless it has its own or the chosen impl has no backward.
         Unknown op names in either raise."""
         override = _override.get()
-        env = os.environ.get("POLYKERNELS_IMPL", "")
-        env_table = _parse_impl_env(env)
+        env = os.environ.get("POLYKERNELS_IMPL")
+        if not override and not env:   # the common case, on every call: nothing chosen
+            return None
+        env_table = _parse_impl_env(env or "")
         if override and not override.keys() <= self.impls.keys():
             self.check_op_names(override, "pk.use")
         if env_table and env not in self._checked_env:
@@ -408,10 +412,12 @@ def _size_class(n: int) -> int:
 
 
 def _arg_key(a):
+    # Hot path (every call): few attribute reads; the device object stands for (type, index)
+    # and the length of the size classes for the rank.
     if isinstance(a, torch.Tensor):
-        return ("T", a.dtype, a.device.type, a.device.index, a.dim(),
-                tuple(_size_class(s) for s in a.shape),
-                a.dim() == 0 or a.stride(-1) == 1 or a.shape[-1] <= 1)
+        shape = a.shape
+        return ("T", a.dtype, a.device, tuple(map(_size_class, shape)),
+                not shape or shape[-1] <= 1 or a.stride(-1) == 1)
     if isinstance(a, (list, tuple)):
         return tuple(_arg_key(x) for x in a)
     if isinstance(a, bool) or a is None:
@@ -424,7 +430,7 @@ def _arg_key(a):
 
 
 def call_key(args: tuple) -> tuple:
-    return tuple(_arg_key(a) for a in args)
+    return tuple([_arg_key(a) for a in args])
 
 
 def device_of(args: tuple) -> torch.device:

@@ -48,7 +48,8 @@ def test_registered_for_every_device_type():
     rows = {b["name"]: b for b in pk.backends()}
     torch_row = rows["torch"]
     assert torch_row["device_types"] == ("*",) and torch_row["available"]
-    assert {"attention:torch", "varlen_attention:torch", "matmul:torch", "linear:torch",
+    assert {"attention:torch", "attention_backward:torch", "varlen_attention:torch",
+            "matmul:torch", "linear:torch",
             "scaled_matmul:torch", "grouped_matmul:torch",
             "quantized_linear:torch"} == set(torch_row["impls"])
 
@@ -77,8 +78,8 @@ def test_explicit_choice(monkeypatch):
     torch.testing.assert_close(out, ro, rtol=1e-5, atol=1e-5)
     with pk.use(attention="torch"), pytest.raises(pk.NoImplError, match="softcap"):
         pk.attention(q, k, v, softcap=5.0)
-    # No torch impl of the backward: attention="torch" then leaves the backward to automatic
-    # selection (an explicit attention_backward still wins).
+    # attention="torch" leaves the backward to automatic selection, which picks the torch
+    # backward on CPU (test_backward_end_to_end); an explicit attention_backward still wins.
     q.requires_grad_()
     with pk.use(attention="torch"):
         pk.attention(q, k, v, causal=True).sum().backward()
@@ -231,6 +232,181 @@ def test_varlen_attention(dtype):
     assert_lse(lse, rl.float())
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.double(), ro, rtol=tol, atol=tol)
+
+
+# -- attention backward --------------------------------------------------------------------------
+# The forward's cases plus GQA 4/2 with Sq > Sk causal, a square causal 113 with MQA and a single
+# key; dout gets the layout of the q views ("bhsd": transposed, "strided": sliced, both with a
+# unit head-dim stride).
+BWD_CASES = ATTN_CASES + [
+    (1, 113, 7, 4, 2, 64, True, "strided"),
+    (1, 113, 113, 2, 1, 32, True, "bshd"),
+    (1, 7, 1, 3, 3, 203, True, "bhsd"),
+]
+
+
+def _dout_like(q, layout):
+    """A random dout [B, Sq, Hq, D] with the layout of the q views (unit head-dim stride)."""
+    b, sq, hq, d = q.shape
+    if layout == "bhsd":
+        return torch.randn(b, hq, sq, d, dtype=q.dtype).transpose(1, 2)
+    if layout == "strided":
+        return torch.randn(b, 2 * sq + 1, hq, d + 8, dtype=q.dtype)[:, 1::2, :, 3:3 + d]
+    return torch.randn(b, sq, hq, d, dtype=q.dtype)
+
+
+def _torch_grads(q, k, v, dout, causal, scale):
+    """The same-dtype baseline: autograd through the einsum attention in the inputs' dtype."""
+    qb, kb, vb = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    torch_same_dtype(qb, kb, vb, causal, scale, -1, -1, 0.0, None).backward(dout)
+    return qb.grad, kb.grad, vb.grad
+
+
+@pytest.mark.parametrize("dtype,kernel_dtype", [
+    (torch.float32, "auto"), (torch.bfloat16, "native"), (torch.bfloat16, "fp32"),
+    (torch.float16, "native"), (torch.float16, "fp32")])
+def test_attention_backward(dtype, kernel_dtype, monkeypatch):
+    """Against the fp64 reference backward (out / lse from the reference forward), within 3x
+    the same-dtype torch autograd error; bf16 / fp16 through both kernel dtypes (this
+    machine's choice is one of them: _backward_dtype)."""
+    if kernel_dtype != "auto":
+        ct = dtype if kernel_dtype == "native" else torch.float32
+        monkeypatch.setattr(tattn, "_backward_dtype", lambda dt: ct)
+    for b, sq, sk, hq, hk, d, causal, layout in BWD_CASES:
+        q, k, v = make_qkv(b, sq, sk, hq, hk, d, dtype, layout)
+        dout = _dout_like(q, layout)
+        scale = d ** -0.5
+        out, lse = ref.attention(q, k, v, causal, scale, -1, -1, 0.0, None)
+        args = (dout, q, k, v, out, lse, causal, scale, -1, -1, 0.0, None)
+        assert tattn.attention_backward_supports(*args, None) is None
+        got = tattn.attention_backward(*args, torch.zeros_like(lse))
+        want = ref.attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None,
+                                      causal, scale, -1, -1, 0.0, None)
+        base = _torch_grads(q, k, v, dout, causal, scale)
+        name = f"{dtype} ({kernel_dtype}) {(b, sq, sk, hq, hk, d)} causal={causal} {layout}"
+        for gname, g, w, bl, t in zip(("dq", "dk", "dv"), got, want, base, (q, k, v)):
+            assert g.shape == t.shape and g.dtype == dtype and g.is_contiguous(), f"{gname} {name}"
+            assert torch.isfinite(g).all(), f"{gname} {name}: not finite"
+            assert_close_budget(f"{gname} {name}", g, w, bl, 3.0, dtype)
+        if causal and sq > sk:   # rows that see no key (lse -inf) get exactly 0
+            assert (got[0][:, : sq - sk] == 0).all()
+
+
+def test_backward_dtype_follows_onednn():
+    """bf16 / fp16 run natively only where oneDNN has their GEMMs (else fp32 copies)."""
+    fast = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+            torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}
+    for dt, native in fast.items():
+        assert tattn._backward_dtype(dt) == (dt if native else torch.float32)
+    for dt in (torch.float32, torch.float64):
+        assert tattn._backward_dtype(dt) == dt
+
+
+def test_attention_backward_float64_window_zero_stride_and_empty():
+    # fp64: the kernel reads lse in fp64, so ours (fp32) is recomputed; gradients stay fp64-exact
+    for sq, sk in [(9, 20), (20, 9), (16, 16)]:
+        q, k, v = make_qkv(1, sq, sk, 4, 1, 32, torch.float64, "bhsd")
+        q, k, v = q * 3, k * 3, v
+        out, lse = ref.attention(q, k, v, True, 0.3, -1, -1, 0.0, None)
+        dout = torch.randn_like(out)
+        got = tattn.attention_backward(dout, q, k, v, out, lse, True, 0.3, -1, -1, 0.0, None, None)
+        want = ref.attention_backward(dout, q, k, v, None, None, True, 0.3, -1, -1, 0.0, None)
+        for g, w in zip(got, want):
+            assert g.dtype == torch.float64
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    # window (-1, 0) without the causal flag is the causal mask; dout as autograd hands it for
+    # out.sum() (an expanded scalar, all strides 0); an out with a strided head dim (copied)
+    q, k, v = make_qkv(2, 5, 11, 2, 2, 8, torch.float32)
+    out, lse = ref.attention(q, k, v, True, 0.3, -1, -1, 0.0, None)
+    out_strided = torch.zeros(*out.shape[:-1], 2 * out.shape[-1])[..., ::2].copy_(out)
+    dout = torch.ones(1).expand(q.shape)
+    args = (dout, q, k, v, out_strided, lse, False, 0.3, -1, 0, 0.0, None)
+    assert tattn.attention_backward_supports(*args, None) is None
+    got = tattn.attention_backward(*args, None)
+    want = ref.attention_backward(dout, q, k, v, None, None, True, 0.3, -1, -1, 0.0, None)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    # empty problems never reach the kernel (it divides by zero on them): zero gradients
+    for b, sq, sk in [(2, 0, 5), (2, 5, 0), (2, 0, 0), (0, 5, 5)]:
+        q, k, v = torch.randn(b, sq, 4, 8), torch.randn(b, sk, 2, 8), torch.randn(b, sk, 2, 8)
+        out, lse = ref.attention(q, k, v, True, 0.3, -1, -1, 0.0, None)
+        got = tattn.attention_backward(torch.randn_like(out), q, k, v, out, lse, True, 0.3, -1, -1,
+                                       0.0, None, torch.zeros_like(lse))
+        for g, t in zip(got, (q, k, v)):
+            assert g.shape == t.shape and g.dtype == t.dtype and (g == 0).all()
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = []
+    real = tattn._flash_backward
+    monkeypatch.setattr(tattn, "_flash_backward", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_attention_backward_dlse(monkeypatch):
+    """Autograd always passes dlse (zeros when lse is unused): zeros run the kernel and give
+    what dlse=None gives; a nonzero dlse (torch's kernel has no input for it) is folded exactly,
+    by the reference's formulas."""
+    calls = _count_kernel_calls(monkeypatch)
+    for sq, sk, causal in [(7, 19, True), (19, 7, True), (12, 12, False)]:
+        q, k, v = make_qkv(2, sq, sk, 4, 2, 24, torch.float32)
+        out, lse = ref.attention(q, k, v, causal, 0.2, -1, -1, 0.0, None)
+        dout = torch.randn_like(out)
+        args = (dout, q, k, v, out, lse, causal, 0.2, -1, -1, 0.0, None)
+        n = len(calls)
+        plain = tattn.attention_backward(*args, None)
+        zero = tattn.attention_backward(*args, torch.zeros_like(lse))
+        assert len(calls) == n + 2
+        for a, z in zip(plain, zero):
+            assert torch.equal(a, z)
+        dlse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0.0)
+        assert tattn.attention_backward_supports(*args, dlse) is None
+        got = tattn.attention_backward(*args, dlse)
+        assert len(calls) == n + 2
+        want = ref.attention_backward(dout.double(), q.double(), k.double(), v.double(), None, None,
+                                      causal, 0.2, -1, -1, 0.0, None, dlse.double())
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_end_to_end(dtype, monkeypatch):
+    """pk.attention(...).backward() on CPU now runs the torch backward (by priority it outranks
+    the reference; the C++ backend has no backward), with the reference's gradients."""
+    from polykernels.dispatch import registry
+    calls = _count_kernel_calls(monkeypatch)
+    q, k, v = make_qkv(2, 23, 31, 4, 2, 40, dtype)
+    out, lse = ref.attention(q, k, v, True, 0.2, -1, -1, 0.0, None)
+    internal = (torch.randn_like(out), q, k, v, out, lse, True, 0.2, -1, -1, 0.0, None,
+                torch.zeros_like(lse))
+    d = registry.explain("attention_backward", internal)
+    assert d.chosen.label == "torch@torch", str(d)
+    labels = [i.label for i in d.candidates]
+    assert labels.index("torch@torch") < labels.index("reference@reference"), str(d)
+
+    grads = {}
+    for which in ("torch", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        n = len(calls)
+        explicit = {} if which == "torch" else {"attention_backward": which}
+        with pk.use(attention="torch", **explicit):
+            o, l = pk.attention(*leaves, causal=True, return_lse=True)
+            o.float().square().sum().backward()
+        assert len(calls) == n + (which == "torch"), which
+        grads[which] = [t.grad for t in leaves]
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    for g, w in zip(grads["torch"], grads["reference"]):
+        torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol)
+    # a loss through lse: nonzero dlse, still the reference's gradients
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    o, l = pk.attention(*leaves, causal=True, return_lse=True)
+    (o.float().sum() + l.sum()).backward()
+    rl = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    with pk.use(attention="reference", attention_backward="reference"):
+        o, l = pk.attention(*rl, causal=True, return_lse=True)
+        (o.float().sum() + l.sum()).backward()
+    for g, w in zip(leaves, rl):
+        torch.testing.assert_close(g.grad.float(), w.grad.float(), rtol=tol, atol=tol)
 
 
 # -- scaled_matmul -------------------------------------------------------------------------------
@@ -417,6 +593,37 @@ def test_refusals():
     assert "no zero point" in Q(torch.randn(2, 64), qw8, s8, z8, 8, 32, None)
     qw8, s8, _ = quant.quantize_weight(torch.randn(8, 64), 8, 32)
     assert "int8 group_size 32 < K=64" in Q(torch.randn(2, 64), qw8, s8, None, 8, 32, None)
+
+
+def test_backward_refusals_match_forward():
+    """attention_backward refuses exactly what the forward refuses, with the same reasons; it
+    accepts GQA, Sq != Sk causal, window (-1, 0), fp64 and a dlse tensor."""
+    q, k, v = make_qkv(1, 4, 6, 2, 2, 8, torch.float32)
+    B = tattn.attention_backward_supports
+
+    def both(q, k, v, causal, wl, wr, softcap, alibi):
+        fwd = tattn.attention_supports(q, k, v, causal, 0.3, wl, wr, softcap, alibi)
+        dout, out, lse = q, q, q.new_zeros(q.shape[0], q.shape[2], q.shape[1])
+        bwd = B(dout, q, k, v, out, lse, causal, 0.3, wl, wr, softcap, alibi, lse)
+        return fwd, bwd
+
+    fwd, bwd = both(meta(1, 4, 2, 8), meta(1, 6, 2, 8), meta(1, 6, 2, 8), False, -1, -1, 0.0, None)
+    assert fwd.replace("attention", "attention_backward", 1) == bwd
+    assert "attention_backward validated on CPU only (GPU path pending)" in bwd
+    k_strided = torch.randn(1, 6, 2, 16)[..., ::2]
+    for case, reason in [((q, k, v, False, -1, -1, 30.0, None), "softcap"),
+                         ((q, k, v, False, -1, -1, 0.0, torch.ones(2)), "ALiBi"),
+                         ((q, k, v, True, 3, -1, 0.0, None), "sliding window (left=3, right=0)"),
+                         ((q, k, v, False, -1, 2, 0.0, None), "sliding window (left=-1, right=2)"),
+                         ((q, k_strided, v, False, -1, -1, 0.0, None), "k has a strided head dim"),
+                         ((*(t.to(torch.float8_e4m3fn) for t in (q, k, v)), False, -1, -1, 0.0, None),
+                          "dtype torch.float8_e4m3fn not supported by torch's CPU flash kernel")]:
+        fwd, bwd = both(*case)
+        assert fwd == bwd and reason in bwd, (reason, fwd, bwd)
+    gqa = make_qkv(2, 9, 5, 4, 2, 8, torch.float64, "strided")
+    for case in [(*gqa, True, -1, -1, 0.0, None), (*gqa, False, -1, 0, 0.0, None),
+                 (*make_qkv(1, 5, 9, 4, 1, 8, torch.bfloat16, "bhsd"), True, -1, -1, 0.0, None)]:
+        assert both(*case) == (None, None)
 
 
 def test_torch_outranks_the_reference():

@@ -1,4 +1,4 @@
-"""``attention`` and ``varlen_attention`` through torch's CPU flash-attention kernel.
+"""``attention``, ``attention_backward``, ``varlen_attention``: torch's CPU flash-attention kernels.
 
 Kernel: ``aten::_scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, *,
 attn_mask, scale) -> (out, logsumexp)`` on [B, H, S, D] tensors. Ours are [B, S, H, D]:
@@ -19,12 +19,38 @@ Measured on torch 2.13 (CPU), and what this module does about each:
     error**: refused.
   * Sq == 0 or Sk == 0 kills the process (SIGFPE): empty problems are answered here.
   * Not expressible: softcap, ALiBi, sliding windows (only "no window" and plain causal).
-Attention backward has no ``torch`` impl (it stays with the others).
+
+Backward: ``aten::_scaled_dot_product_flash_attention_for_cpu_backward(grad_out, q, k, v, out,
+logsumexp, dropout_p, is_causal, *, attn_mask, scale) -> (dq, dk, dv)``, same layouts. Measured
+on torch 2.13 (CPU):
+  * GQA / MQA native: dk / dv come back with the KV heads (the query groups summed in).
+  * P is recomputed as exp(scale * q.k + mask - logsumexp) from the lse passed in, and
+    delta = rowsum(grad_out * out) from the out passed in; logsumexp must be in the kernel's
+    accumulation dtype (fp32; fp64 for fp64 inputs, where ours, fp32, is recomputed in fp64
+    by one forward call: with the fp32 one the fp64 gradients are off by ~1e-5). Grads are
+    [B, S, H, D]-dense. An ``out`` with a strided head dim gives wrong results (copied here);
+    a strided ``grad_out`` is fine (the kernel copies it).
+  * bf16 / fp16 run the kernel's GEMMs in that dtype, which without oneDNN support for it
+    (AVX2) is slow: 2-10x slower than our fp32 reference backward (770 vs 63 ms fp32 at
+    B=2, S=1024, H=8, D=64 causal). There the kernel runs on fp32 copies (more accurate too).
+  * Causal is top-left as in the forward, so the same formulations apply: Sq > Sk runs the
+    last Sk query rows as square causal (the other rows see no key: dq 0, no share in dk /
+    dv); Sq < Sk uses the same additive mask.
+  * A row whose lse is -inf (fully masked) makes the kernel compute exp(+inf): NaN in dq,
+    dk and dv of the whole head. Such rows exist only in the Sq > Sk causal case, which never
+    passes them; empty problems (Sq or Sk = 0) are answered here (zeros), as in the forward.
+  * It has no dlse input. Autograd always passes one (zeros when lse is not used), and the
+    dispatcher's decision cannot depend on values, so supports() does not refuse it: a zero
+    dlse is exactly the kernel's problem; a nonzero one (a loss that uses lse) is answered by
+    the reference's formulas, which fold it as delta = rowsum(dout * out) - dlse.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from ..reference import attention_ref
 from ..reference.attention_ref import _sequences, visibility
 from .common import cpu_only_reason
 
@@ -39,6 +65,33 @@ def _flash(q, k, v, is_causal, mask, scale):
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, is_causal,
         attn_mask=mask, scale=scale)
     return out.transpose(1, 2).contiguous(), lse.to(torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the backward kernel runs in: bf16 / fp16 only where oneDNN has GEMMs for
+    them; elsewhere (e.g. AVX2) the kernel's reduced-precision GEMMs take a slow path
+    (measured, torch 2.13 on AVX2: 2-10x slower than the fp32 reference), so fp32 copies go in."""
+    reduced = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+               torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
+    return torch.float32 if reduced is not None and not reduced() else dtype
+
+
+def _flash_backward(dout, q, k, v, out, lse, is_causal, mask, scale):
+    """[B, S, H, D] views in (q, k, v with a unit head-dim stride), (dq, dk, dv) [B, S, H, D]
+    contiguous out, in q's dtype, dk / dv with k's heads."""
+    dtype = q.dtype
+    ct = _backward_dtype(dtype)
+    # out with a strided head dim is read as if dense (wrong results, measured): one copy
+    dout, q, k, v, out = (t.to(ct).transpose(1, 2) if t.stride(-1) == 1 else
+                          t.to(ct).contiguous().transpose(1, 2) for t in (dout, q, k, v, out))
+    mask = None if mask is None else mask.to(ct)
+    if ct == torch.float64:   # the kernel reads lse in fp64 here; ours is fp32 (1e-5 errors)
+        lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, is_causal, attn_mask=mask, scale=scale)[1]
+    grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dout, q, k, v, out, lse, 0.0, is_causal, attn_mask=mask, scale=scale)
+    return tuple(g.transpose(1, 2).to(dtype) for g in grads)
 
 
 def _causal_mask(sq: int, sk: int, dtype, device) -> torch.Tensor:
@@ -68,6 +121,32 @@ def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap
     return out, lse
 
 
+def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
+                       window_right, softcap, alibi_slopes, dlse):
+    """The forward's formulations (see attention()) through torch's flash backward."""
+    b, sq, hq, d = q.shape
+    sk = k.shape[1]
+    if q.numel() == 0 or k.numel() == 0:   # the kernel divides by zero on empty sequences
+        return tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    if dlse is not None and bool(dlse.any()):   # the kernel has no dlse input
+        return attention_ref.attention_backward(dout, q, k, v, out, lse, causal, softmax_scale,
+                                                window_left, window_right, softcap,
+                                                alibi_slopes, dlse)
+    causal = causal or window_right == 0   # supports() admits only left = -1, right in (-1, 0)
+    if not causal or sq == sk:
+        return _flash_backward(dout, q, k, v, out, lse, causal, None, softmax_scale)
+    if sq < sk:
+        return _flash_backward(dout, q, k, v, out, lse, False,
+                               _causal_mask(sq, sk, q.dtype, q.device), softmax_scale)
+    # sq > sk: rows i < sq - sk see no key (dq 0, nothing into dk / dv, lse -inf there).
+    skip = sq - sk
+    dq_tail, dk, dv = _flash_backward(dout[:, skip:], q[:, skip:], k, v, out[:, skip:],
+                                      lse[:, :, skip:], True, None, softmax_scale)
+    dq = torch.zeros(b, sq, hq, d, dtype=q.dtype, device=q.device)
+    dq[:, skip:] = dq_tail
+    return dq, dk, dv
+
+
 def _refusal(op, q, k, v, causal, window_left, window_right, softcap, alibi_slopes):
     reason = cpu_only_reason(op, q, why="GPU path pending")
     if reason:
@@ -92,6 +171,14 @@ def _refusal(op, q, k, v, causal, window_left, window_right, softcap, alibi_slop
 def attention_supports(q, k, v, causal, softmax_scale, window_left, window_right, softcap,
                        alibi_slopes):
     return _refusal("attention", q, k, v, causal, window_left, window_right, softcap,
+                    alibi_slopes)
+
+
+def attention_backward_supports(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
+                                window_right, softcap, alibi_slopes, dlse):
+    """Exactly what the forward accepts: the backward kernel covers the same problems (GQA,
+    the causal formulations and dlse are handled in attention_backward)."""
+    return _refusal("attention_backward", q, k, v, causal, window_left, window_right, softcap,
                     alibi_slopes)
 
 

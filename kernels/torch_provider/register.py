@@ -10,6 +10,7 @@ PRIORITY = 50
 
 IMPLS = {
     "attention": (attention.attention, attention.attention_supports),
+    "attention_backward": (attention.attention_backward, attention.attention_backward_supports),
     "varlen_attention": (attention.varlen_attention, attention.varlen_attention_supports),
     "matmul": (matmul.matmul, matmul.matmul_supports),
     "linear": (matmul.linear, matmul.linear_supports),

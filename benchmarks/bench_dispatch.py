@@ -1,9 +1,10 @@
 """Dispatch overhead: what the public call costs on top of the impl it runs (1 thread).
 
 Cached decision: a tiny op (pk.matmul 4x4 fp32, pk.merge_attention_states B1 H1 D8) called
-through the public function vs the chosen impl's function called directly with the internal
-arguments; the rows "direct (<impl>)" and "pk.<op>" are per-call times (median over rounds of
-a batch of calls, the two batches interleaved, after warm-up), the note gives the difference
+through dispatch() (the registry: the cached decision), through the public function under
+torch.inference_mode (as servers call it) and with autograd on, vs the chosen impl's function
+called directly with the internal arguments; each row is a per-call time (median over rounds
+of a batch of calls, the batches interleaved, after warm-up), the note gives the difference
 in microseconds per call.
 
 First call of a new shape class: pk.matmul [m, 64] x [64, 64] and pk.attention
@@ -27,14 +28,20 @@ from benchmarks.common import main_for, time_interleaved
 _BATCH = 200   # calls per timed sample: a single call of a few microseconds is below the noise
 
 
-def _batched(fn):
+def _batched(fn, inference_mode=False):
     def batch():
-        for _ in range(_BATCH):
-            fn()
+        with torch.inference_mode(inference_mode):   # entered once per batch, not per call
+            for _ in range(_BATCH):
+                fn()
     return batch
 
 
 def _cached(report, device, quick):
+    """Three layers on top of the chosen impl's own function:
+    dispatch() (the cached decision: call key, lookup, failover loop), the public function in
+    torch.inference_mode (argument checks + the torch.library op, as servers call it), and the
+    public function with autograd on (the op's Autograd kernel too)."""
+    from polykernels.dispatch import dispatch
     from polykernels.ops.explain import internal_args
     a, b = torch.randn(4, 4, device=device), torch.randn(4, 4, device=device)
     out_a, out_b = torch.randn(1, 1, 1, 8, device=device), torch.randn(1, 1, 1, 8, device=device)
@@ -46,15 +53,21 @@ def _cached(report, device, quick):
         public(*args)                                  # decides (and measures) once
         impl = pk.explain(op, *args).chosen
         direct_args = internal_args(op, *args)
-        ms = time_interleaved({"direct": _batched(lambda: impl.fn(*direct_args)),
-                               "pk": _batched(lambda: public(*args))},
+        fns = {"direct": lambda: impl.fn(*direct_args),
+               "dispatch": lambda: dispatch(op, *direct_args),
+               "inference": lambda: public(*args),
+               "grad": lambda: public(*args)}
+        ms = time_interleaved({k: _batched(f, k == "inference") for k, f in fns.items()},
                               rounds=5 if quick else 15, device=device)
-        direct, via_pk = ms["direct"] / _BATCH, ms["pk"] / _BATCH
+        us = {k: v / _BATCH * 1e3 for k, v in ms.items()}
         label = f"{op} {shape}, cached decision"
-        report.add(op="dispatch", shape=label, impl=f"direct ({impl.name})", ms=direct,
-                   note="the chosen impl's function, internal args")
-        report.add(op="dispatch", shape=label, impl=f"pk.{op}", ms=via_pk,
-                   note=f"overhead {(via_pk - direct) * 1e3:.1f} us/call")
+        rows = [(f"direct ({impl.name})", "direct", "the chosen impl's function, internal args"),
+                ("dispatch()", "dispatch", "the cached decision: overhead {:.1f} us/call"),
+                (f"pk.{op} (inference_mode)", "inference", "public call: overhead {:.1f} us/call"),
+                (f"pk.{op} (autograd on)", "grad", "public call: overhead {:.1f} us/call")]
+        for name, key, note in rows:
+            report.add(op="dispatch", shape=label, impl=name, ms=us[key] / 1e3,
+                       note=note.format(us[key] - us["direct"]))
 
 
 def _first_calls(report, device, quick):

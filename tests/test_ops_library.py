@@ -6,6 +6,8 @@ Small CPU inputs; the implementation behind each op is whatever dispatch picks o
 """
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -276,3 +278,42 @@ def test_compiled_graph_has_one_node_per_op():
     graph = counter.graphs[0]
     targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
     assert ops.attention.default in targets or ops.attention in targets, targets
+
+
+# --------------------------------------------------------------------------- the op layer
+# kernels/ops/_library.py defines the ops with torch.library.Library (not custom_op, whose
+# per-call wrappers cost ~30 us); these pin down what custom_op used to guarantee.
+def test_backward_through_a_non_differentiable_op_raises():
+    a = torch.randn(3, 4, requires_grad=True)
+    y = pk.matmul(a, torch.randn(4, 2))
+    assert y.requires_grad   # not silently detached: the gradient path exists and refuses
+    with pytest.raises(RuntimeError, match="polykernels.matmul has no backward"):
+        y.sum().backward()
+
+
+def test_no_grad_and_inference_mode_outputs_need_no_grad():
+    a = torch.randn(3, 4, requires_grad=True)
+    with torch.no_grad():
+        assert not pk.matmul(a, torch.randn(4, 2)).requires_grad
+    with torch.inference_mode():
+        y = pk.matmul(torch.randn(3, 4), torch.randn(4, 2))
+        assert y.is_inference() and not y.requires_grad
+
+
+def test_an_impl_returning_its_input_gives_a_fresh_copy(monkeypatch):
+    run_mod = importlib.import_module("polykernels.ops._run")
+    # an impl taking a shortcut: returns its inputs (or views of them) as the outputs
+    monkeypatch.setattr(run_mod, "dispatch", lambda op, out_a, lse_a, *rest: (out_a, lse_a[:]))
+    out_a, lse_a = torch.randn(2, 1, 3, 8), torch.randn(2, 3, 1)
+    out, lse = pk.merge_attention_states(out_a, lse_a, torch.randn_like(out_a), torch.randn_like(lse_a))
+    assert torch.equal(out, out_a) and torch.equal(lse, lse_a)
+    for got, given in ((out, out_a), (lse, lse_a)):
+        assert got.untyped_storage().data_ptr() != given.untyped_storage().data_ptr()
+
+
+def test_write_kv_cache_bumps_the_caches_versions():
+    k, v = torch.randn(1, 2, 8), torch.randn(1, 2, 8)
+    _, kc, vc, _, _ = _paged_inputs()
+    before = (kc._version, vc._version)
+    pk.write_kv_cache(k, v, kc, vc, torch.tensor([3]))
+    assert kc._version > before[0] and vc._version > before[1]

@@ -32,9 +32,9 @@ def register_impl(op: str, name: str, *, backends, fn, supports=None, priority: 
                            priority=priority, interpretable=interpretable)
 
 
-def dispatch(op: str, *args):
-    """Run ``op`` through the registry (selection, explicit choice, failover)."""
-    return registry.call(op, *args)
+# dispatch(op, *args): run ``op`` through the registry (selection, explicit choice, failover).
+# The bound method itself, not a wrapper: this is every call's path.
+dispatch = registry.call
 
 
 def backends() -> list[dict]:

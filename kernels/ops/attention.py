@@ -11,13 +11,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._library import define
 from ._run import empty_like_contiguous, run
 from . import checks
 
 # -- dense --------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("polykernels::attention", mutates_args=())
+@define("attention", differentiable=True)
 def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: float,
                window_left: int, window_right: int, softcap: float,
                alibi_slopes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -25,13 +26,13 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: flo
                     softcap, alibi_slopes)
 
 
-@_attention.register_fake
+@torch.library.register_fake(_attention)
 def _(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
     b, sq, hq, _ = q.shape
     return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=torch.float32)
 
 
-@torch.library.custom_op("polykernels::attention_backward", mutates_args=())
+@define("attention_backward")
 def _attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                         causal: bool, softmax_scale: float, window_left: int, window_right: int,
                         softcap: float, alibi_slopes: Optional[Tensor], dlse: Optional[Tensor]
@@ -40,7 +41,7 @@ def _attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
                window_left, window_right, softcap, alibi_slopes, dlse)
 
 
-@_attention_backward.register_fake
+@torch.library.register_fake(_attention_backward)
 def _(dout, q, k, v, out, lse, *rest):
     return empty_like_contiguous(q, k, v)
 
@@ -62,7 +63,7 @@ def _attention_grad(ctx, dout, dlse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-_attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+torch.library.register_autograd(_attention, _attention_grad, setup_context=_attention_setup)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
@@ -102,7 +103,7 @@ def attention_args(q, k, v, *, causal=False, softmax_scale=None, window=(-1, -1)
 # -- varlen -------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("polykernels::varlen_attention", mutates_args=())
+@define("varlen_attention", differentiable=True)
 def _varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
             max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
             window_left: int, window_right: int, softcap: float,
@@ -112,13 +113,13 @@ def _varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k:
                     alibi_slopes)
 
 
-@_varlen.register_fake
+@torch.library.register_fake(_varlen)
 def _(q, k, v, *rest):
     t, hq, _ = q.shape
     return q.new_empty(t, hq, v.shape[-1]), q.new_empty(hq, t, dtype=torch.float32)
 
 
-@torch.library.custom_op("polykernels::varlen_attention_backward", mutates_args=())
+@define("varlen_attention_backward")
 def _varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                      cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
                      max_seqlen_k: int, causal: bool, softmax_scale: float, window_left: int,
@@ -129,7 +130,7 @@ def _varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                window_left, window_right, softcap, alibi_slopes, dlse)
 
 
-@_varlen_backward.register_fake
+@torch.library.register_fake(_varlen_backward)
 def _(dout, q, k, v, *rest):
     return empty_like_contiguous(q, k, v)
 
@@ -149,7 +150,7 @@ def _varlen_grad(ctx, dout, dlse):
     return (dq, dk, dv) + (None,) * 10
 
 
-_varlen.register_autograd(_varlen_grad, setup_context=_varlen_setup)
+torch.library.register_autograd(_varlen, _varlen_grad, setup_context=_varlen_setup)
 
 
 def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,

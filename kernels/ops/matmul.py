@@ -10,17 +10,18 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._library import define
 from ._run import run
 from . import checks
 
 
-@torch.library.custom_op("polykernels::matmul", mutates_args=())
+@define("matmul")
 def _matmul(a: Tensor, b: Tensor, bias: Optional[Tensor], activation: Optional[str],
             out_dtype: Optional[torch.dtype]) -> Tensor:
     return run("matmul", a, b, bias, activation, out_dtype)
 
 
-@_matmul.register_fake
+@torch.library.register_fake(_matmul)
 def _(a, b, bias, activation, out_dtype):
     return a.new_empty(*a.shape[:-1], b.shape[1], dtype=out_dtype or a.dtype)
 
@@ -38,12 +39,12 @@ def matmul_args(a, b, *, bias=None, activation=None, out_dtype=None):
     return a, b, bias, activation, out_dtype
 
 
-@torch.library.custom_op("polykernels::linear", mutates_args=())
+@define("linear")
 def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optional[str]) -> Tensor:
     return run("linear", x, weight, bias, activation)
 
 
-@_linear.register_fake
+@torch.library.register_fake(_linear)
 def _(x, weight, bias, activation):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
@@ -59,13 +60,13 @@ def linear_args(x, weight, bias=None, *, activation=None):
     return x, weight, bias, activation
 
 
-@torch.library.custom_op("polykernels::scaled_matmul", mutates_args=())
+@define("scaled_matmul")
 def _scaled(a: Tensor, b: Tensor, scale_a: Tensor, scale_b: Tensor, bias: Optional[Tensor],
             out_dtype: torch.dtype) -> Tensor:
     return run("scaled_matmul", a, b, scale_a, scale_b, bias, out_dtype)
 
 
-@_scaled.register_fake
+@torch.library.register_fake(_scaled)
 def _(a, b, scale_a, scale_b, bias, out_dtype):
     return a.new_empty(a.shape[0], b.shape[1], dtype=out_dtype)
 
@@ -83,13 +84,13 @@ def scaled_matmul_args(a, b, scale_a, scale_b, *, bias=None, out_dtype=torch.bfl
     return a, b, scale_a, scale_b, bias, out_dtype
 
 
-@torch.library.custom_op("polykernels::quantized_linear", mutates_args=())
+@define("quantized_linear")
 def _qlinear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bits: int,
              group_size: int, bias: Optional[Tensor]) -> Tensor:
     return run("quantized_linear", x, qweight, scales, zeros, bits, group_size, bias)
 
 
-@_qlinear.register_fake
+@torch.library.register_fake(_qlinear)
 def _(x, qweight, scales, zeros, bits, group_size, bias):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])
 
@@ -107,12 +108,12 @@ def quantized_linear_args(x, qweight, scales, zeros=None, *, bits=4, group_size=
     return x, qweight, scales, zeros, bits, group_size, bias
 
 
-@torch.library.custom_op("polykernels::grouped_matmul", mutates_args=())
+@define("grouped_matmul")
 def _grouped(x: Tensor, weights: Tensor, group_sizes: Tensor) -> Tensor:
     return run("grouped_matmul", x, weights, group_sizes)
 
 
-@_grouped.register_fake
+@torch.library.register_fake(_grouped)
 def _(x, weights, group_sizes):
     return x.new_empty(x.shape[0], weights.shape[2])
 

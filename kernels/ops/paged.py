@@ -9,11 +9,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._library import define
 from ._run import empty_like_contiguous, run
 from . import checks
 
 
-@torch.library.custom_op("polykernels::paged_attention", mutates_args=())
+@define("paged_attention")
 def _paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
            softmax_scale: float, window_left: int, window_right: int, softcap: float,
            alibi_slopes: Optional[Tensor], k_scale: float, v_scale: float) -> tuple[Tensor, Tensor]:
@@ -21,7 +22,7 @@ def _paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq
                     window_left, window_right, softcap, alibi_slopes, k_scale, v_scale)
 
 
-@_paged.register_fake
+@torch.library.register_fake(_paged)
 def _(q, *rest):
     n, q_len, hq, d = q.shape
     return q.new_empty(n, q_len, hq, d), q.new_empty(n, hq, q_len, dtype=torch.float32)
@@ -59,13 +60,13 @@ def paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, *, softmax_
             float(k_scale), float(v_scale))
 
 
-@torch.library.custom_op("polykernels::write_kv_cache", mutates_args=("k_cache", "v_cache"))
+@define("write_kv_cache", mutates_args=("k_cache", "v_cache"))
 def _write_kv(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
               k_scale: float, v_scale: float) -> None:
     run("write_kv_cache", k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
-@_write_kv.register_fake
+@torch.library.register_fake(_write_kv)
 def _(*args):
     return None
 
@@ -87,12 +88,12 @@ def write_kv_cache_args(k, v, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_
     return k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale)
 
 
-@torch.library.custom_op("polykernels::merge_attention_states", mutates_args=())
+@define("merge_attention_states")
 def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
     return run("merge_attention_states", out_a, lse_a, out_b, lse_b)
 
 
-@_merge.register_fake
+@torch.library.register_fake(_merge)
 def _(out_a, lse_a, out_b, lse_b):
     return empty_like_contiguous(out_a, lse_a)
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import polykernels as pk
 from benchmarks.common import (contenders, impl_rows, main_for, max_abs_err, picked, pinned,
-                               pinned_call, row_name, time_ms, time_rows, timed_impls)
+                               pinned_call, row_name, time_rows, timed_impls)
 
 GQA_MODELS = [("llama3-8b", 32, 8), ("qwen2.5-7b", 28, 4)]
 # The pure-torch reference materialises [B, H, Sq, Sk] fp32 scores: time it only below this.
@@ -49,20 +49,32 @@ def _sdpa_backends(device: torch.device) -> list[tuple[str, object]]:
 
 
 def _sdpa_fn(q, k, v, causal):
-    """SDPA on [B, S, H, D] tensors (transposed views, as a model would pass them)."""
+    """SDPA on [B, S, H, D] tensors as transformers' "sdpa" attention calls it: transposed
+    views in, the output transposed back and made contiguous (for the output projection)."""
     gqa = q.shape[2] != k.shape[2]
 
     def fn():
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=causal, enable_gqa=gqa)
-        return o.transpose(1, 2)
+        return o.transpose(1, 2).contiguous()
     return fn
+
+
+def _under(backend, fn):
+    """fn() with SDPA restricted to one backend."""
+    from torch.nn.attention import sdpa_kernel
+
+    def call():
+        with sdpa_kernel(backend):
+            return fn()
+    return call
 
 
 def _reps(device, flops):
     if device.type == "cuda":
         return {}
-    return dict(warmup=1, rep=3) if flops > 5e10 else dict(warmup=2, rep=5)
+    # rows of one workload differ by a few %: enough interleaved rounds for a stable median
+    return dict(warmup=1, rep=5) if flops > 5e10 else dict(warmup=2, rep=11)
 
 
 class _Budget:
@@ -114,31 +126,28 @@ def bench_case(report, device, b, s, hq, hk, d, dtype, causal, passes=("fwd",), 
                     return call()
             return call()
 
-        fn, check = timed(torch_fwd)
-        want = result(check)
-        report.add(op=op, shape=shape, impl="torch", ms=_time(fn, device, reps, p), flops=flops)
+        # torch's rows and the pk rows are timed together (interleaved rounds on CPU: the
+        # same load for each); the torch rows come first in the table ("torch" is the baseline)
+        fns, gots, why, torch_rows = {}, {}, {}, ["torch"]
+        fns["torch"], check = timed(torch_fwd)
+        want = gots["torch"] = result(check)
         for name, backend in _sdpa_backends(device):
             if name == "math" and score_bytes > _MATH_MAX_SCORE_BYTES:
                 continue
-            from torch.nn.attention import sdpa_kernel
+            row = f"sdpa:{name}"
+            torch_rows.append(row)
             try:
-                with sdpa_kernel(backend):
-                    fn, check = timed(torch_fwd)
-                    got = result(check)
-                    ms = _time(fn, device, reps, p)
+                fn, check = timed(_under(backend, torch_fwd))
+                gots[row] = result(_under(backend, check))
+                fns[row] = _under(backend, fn)
             except Exception as e:  # this backend does not run this case here
-                report.add(op=op, shape=shape, impl=f"sdpa:{name}", ms=float("nan"),
-                           note=f"unavailable: {str(e).splitlines()[0][:60]}")
-                continue
-            report.add(op=op, shape=shape, impl=f"sdpa:{name}", ms=ms, flops=flops, baseline="torch",
-                       max_err=_err(got, want))
+                why[row] = f"unavailable: {str(e).splitlines()[0][:60]}"
         ops = ["attention"] if p == "fwd" else ["attention", "attention_backward"]
         skip = ("reference",) if score_bytes > _REFERENCE_MAX_SCORE_BYTES else ()
         rows = contenders("attention", device, (q, k, v), dict(causal=causal), skip)
         if p == "bwd":  # the backward's impls: pinned for both ops where both have them
             rows = [(row_name(i), {"attention": i}, None)
                     for i in timed_impls("attention_backward", device) if i not in skip] + rows[-1:]
-        fns, gots, why = {}, {}, {}
         for name, choice, refused in rows:
             if refused is not None:
                 why[name] = f"refused: {refused}"
@@ -154,13 +163,21 @@ def bench_case(report, device, b, s, hq, hk, d, dtype, causal, passes=("fwd",), 
             except Exception as e:  # an impl that refuses this case: say so, keep going
                 why[name] = f"failed: {e}"
         with torch.no_grad() if p == "fwd" else contextlib.nullcontext():
-            ms = time_rows(fns, device, **reps)   # interleaved on CPU: same load for each
+            spreads = {}
+            ms = time_rows(fns, device, spreads=spreads, **reps)
+        for name in torch_rows:
+            if name in why:
+                report.add(op=op, shape=shape, impl=name, ms=float("nan"), note=why[name][:80])
+            else:
+                report.add(op=op, shape=shape, impl=name, ms=ms[name], flops=flops,
+                           spread=spreads.get(name), baseline=None if name == "torch" else "torch",
+                           max_err=None if name == "torch" else _err(gots[name], want))
         for name, choice, _ in rows:
             if name in why:
                 report.add(op=op, shape=shape, impl=name, ms=float("nan"), note=why[name][:80])
                 continue
             report.add(op=op, shape=shape, impl=name, ms=ms[name], flops=flops, baseline="torch",
-                       max_err=_err(gots[name], want),
+                       max_err=_err(gots[name], want), spread=spreads.get(name),
                        picked=None if choice else _picked_fwd(p, q, k, v, causal))
 
 
@@ -169,13 +186,6 @@ def _picked_fwd(p, q, k, v, causal):
     choice is made inside autograd)."""
     name = picked("attention", q, k, v, causal=causal)
     return name if p == "fwd" else f"fwd {name}"
-
-
-def _time(fn, device, reps, p):
-    if p == "fwd":
-        with torch.no_grad():
-            return time_ms(fn, device, **reps)
-    return time_ms(fn, device, **reps)
 
 
 def _err(got, want) -> float:
@@ -251,13 +261,11 @@ def bench_varlen(report, device, quick: bool) -> None:
 
         want = pk.reference.varlen_attention(q, k, v, cu, cu, max(lens), max(lens), causal,
                                              d ** -0.5, -1, -1, 0.0, None)[0]
-        base = torch_loop()
-        report.add(op="varlen_attention", shape=shape, impl="torch", flops=flops,
-                   ms=time_ms(torch_loop, device), max_err=_err(base, want),
-                   note="SDPA per sequence")
+        torch_row = dict(flops=flops, max_err=_err(torch_loop(), want), note="SDPA per sequence")
         # the reference's speed is not interesting: it is the oracle above
         impl_rows(report, "varlen_attention", device, (q, k, v, cu, cu, max(lens), max(lens)),
                   dict(causal=causal), shape=shape, skip=("reference",), flops=flops,
+                  baselines={"torch": (torch_loop, torch_row)},
                   err_fn=lambda out: _err(out, want))
 
 

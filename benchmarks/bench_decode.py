@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import copy_bandwidth_gbs, impl_rows, main_for, max_abs_err, time_ms
+from benchmarks.common import copy_bandwidth_gbs, impl_rows, main_for, max_abs_err
 
 MODELS = {"llama3-8b": (32, 8), "qwen2.5-7b": (28, 4)}
 BLOCK_SIZE = 16
@@ -69,12 +69,11 @@ def run(report, device, quick: bool) -> None:
             err_note = ""
         else:
             want, err_note = base_out, "err vs torch"
-        report.add(op="paged_decode", shape=shape, impl="torch", nbytes=nbytes, peak_gbs=bw,
-                   ms=time_ms(lambda: torch_gather_sdpa(*args), device, **warm),
-                   max_err=max_abs_err(base_out, want) if small else None,
-                   note="gather + SDPA")
+        torch_row = dict(nbytes=nbytes, peak_gbs=bw, note="gather + SDPA",
+                         max_err=max_abs_err(base_out, want) if small else None)
         del base_out
         impl_rows(report, "paged_attention", device, args, row_op="paged_decode", shape=shape,
+                  baselines={"torch": (lambda: torch_gather_sdpa(*args), torch_row)},
                   reps=warm, err_fn=lambda out: max_abs_err(out, want),
                   skip=() if small else ("reference",), nbytes=nbytes, peak_gbs=bw, note=err_note)
         del args
@@ -107,9 +106,8 @@ def bench_write_kv_cache(report, device, quick: bool, bw: float) -> None:
 
         torch_write()
         want_k = k_cache.clone()
-        report.add(op="write_kv_cache", shape=shape, impl="torch", nbytes=nbytes, peak_gbs=bw,
-                   ms=time_ms(torch_write, device))
         impl_rows(report, "write_kv_cache", device, (k, v, k_cache, v_cache, slots), shape=shape,
+                  baselines={"torch": (torch_write, dict(nbytes=nbytes, peak_gbs=bw))},
                   setup=k_cache.zero_, err_fn=lambda _: max_abs_err(k_cache, want_k),
                   nbytes=nbytes, peak_gbs=bw)
 

@@ -61,12 +61,16 @@ def time_ms(fn, device, warmup: int = 3, rep: int = 10, min_time_s: float = 0.0,
 
 
 def time_interleaved(fns: dict, rounds: int, warmup: int = 2, device="cpu",
-                     first_ms: dict | None = None, min_time_s: float = 0.0) -> dict:
+                     first_ms: dict | None = None, min_time_s: float = 0.0,
+                     spreads: dict | None = None) -> dict:
     """Median ms per contender, calling each once per round in turn: on a shared, noisy CPU
     the contenders' times then come from calls made under the same load. A contender slower
     than ``SLOW_CALL_MS`` (in warm-up, or already in ``first_ms[name]``, the call that served
     as its warm-up, and once more) is timed once. ``min_time_s``: more rounds until then
-    (at most 10x ``rounds``)."""
+    (at most 10x ``rounds``). The order rotates from round to round. ``spreads`` (a dict)
+    receives each contender's relative spread (see ``relative_spread``)."""
+    if not fns:
+        return {}
     device = torch.device(device)
     times = {name: [] for name in fns}
     slow = set()
@@ -82,13 +86,27 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 2, device="cpu",
                 slow.add(name)
                 break
     start = time.perf_counter()
+    names = list(fns)
     n = 0
     while n < rounds or (time.perf_counter() - start < min_time_s and n < 10 * rounds):
-        for name, fn in fns.items():
+        # each round starts one contender later: none is always the one after a given other
+        # (caches, frequency) or always first
+        for name in names[n % len(names):] + names[:n % len(names)]:
             if not (name in slow and times[name]):
-                times[name].append(timed_call(fn, device)[1])
+                times[name].append(timed_call(fns[name], device)[1])
         n += 1
+    if spreads is not None:
+        spreads.update({name: relative_spread(t) for name, t in times.items()})
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def relative_spread(samples: list[float]) -> float | None:
+    """Interquartile range / median of the samples (None below 4 samples): how far apart
+    two rows' medians may be from noise alone on this machine at this moment."""
+    if len(samples) < 4:
+        return None
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    return (q3 - q1) / statistics.median(samples)
 
 
 _bandwidth_cache: dict[str, float] = {}
@@ -124,6 +142,7 @@ class Row:
     vs_best: float | None = None         # "default" rows: best other row's ms / this ms
     best: str | None = None              # "default" rows: which row that best is
     contender: bool = True               # False: a variant (e.g. an fp8 cache), never "best"
+    spread: float | None = None          # interquartile range / median of its samples
 
     @property
     def label(self) -> str:
@@ -132,6 +151,16 @@ class Row:
 
 DEFAULT = "default"
 DEFAULT_GOAL = 0.97    # the default call should reach this fraction of the best row's speed
+
+
+def judge(vs_best: float, spread: float | None) -> str:
+    """"ok" at or above the goal; "noise" below it but within ``spread`` of parity (the rows
+    cannot be told apart here); "BELOW" otherwise."""
+    if vs_best >= DEFAULT_GOAL:
+        return "ok"
+    if spread is not None and vs_best >= 1.0 - spread:
+        return "noise"
+    return "BELOW"
 
 
 @dataclass
@@ -144,13 +173,13 @@ class Report:
             nbytes: float | None = None, baseline: str | None = None,
             max_err: float | None = None, peak_tflops: float | None = None,
             peak_gbs: float | None = None, note: str = "", picked: str | None = None,
-            contender: bool = True) -> Row:
+            contender: bool = True, spread: float | None = None) -> Row:
         """Add a timed row. ``baseline`` names the impl of an earlier row with the same op and
         shape (e.g. "torch"); its time gives the ratio. Peak figures give % of roofline.
         ``picked``: for the "default" row, the impl dispatch chose. ``contender=False``: a
         variant of the workload that does not count as a best time."""
         row = Row(op, shape, impl, ms, note=note, max_err=max_err, baseline=baseline,
-                  picked=picked, contender=contender)
+                  picked=picked, contender=contender, spread=spread)
         if flops is not None:
             row.tflops = flops / (ms * 1e-3) / 1e12
             if peak_tflops:
@@ -177,11 +206,12 @@ class Report:
                 r.vs_best, r.best = best.ms / r.ms, best.impl
 
     def table(self) -> str:
-        head = ["op", "shape", "impl", "ms", "TFLOP/s", "GB/s", "% peak", "vs base",
+        head = ["op", "shape", "impl", "ms", "spread", "TFLOP/s", "GB/s", "% peak", "vs base",
                 "default/best", "max err", "note"]
         lines = []
         for r in self.rows:
             lines.append([r.op, r.shape, r.label, f"{r.ms:.4g}",
+                          "" if r.spread is None else f"{100 * r.spread:.0f}%",
                           "" if r.tflops is None else f"{r.tflops:.4g}",
                           "" if r.gbs is None else f"{r.gbs:.4g}",
                           "" if r.pct_of_peak is None else f"{r.pct_of_peak:.1f}",
@@ -192,19 +222,33 @@ class Report:
 
     def summary(self) -> str:
         """One line per workload with a default row: what dispatch picked, the best row of the
-        run, default / best (speed) and whether it meets ``DEFAULT_GOAL``."""
+        run, default / best (speed), the larger spread of the two rows, and the verdict: "ok"
+        (>= ``DEFAULT_GOAL``), "noise" (below it by less than that spread: the two rows'
+        difference is not resolvable on this machine now) or "BELOW"."""
         rows = [r for r in self.rows if r.impl == DEFAULT]
         if not rows:
             return ""
-        lines = [[r.op, r.shape, r.picked or "?", r.best or "-",
-                  "" if r.vs_best is None else f"{r.vs_best:.3f}x",
-                  "" if r.vs_best is None else ("ok" if r.vs_best >= DEFAULT_GOAL else "BELOW")]
-                 for r in rows]
-        judged = [r for r in rows if r.vs_best is not None]
-        ok = sum(1 for r in judged if r.vs_best >= DEFAULT_GOAL)
-        head = ["op", "shape", "default picked", "best row", "default/best", f">= {DEFAULT_GOAL}"]
-        return (f"default call vs the best row of each workload (speed ratio; goal >= {DEFAULT_GOAL}x):\n"
-                + _format(head, lines) + f"\n{ok}/{len(judged)} workloads meet the goal")
+        lines, verdicts = [], []
+        for r in rows:
+            best = next((b for b in self.rows if (b.op, b.shape, b.impl) == (r.op, r.shape, r.best)),
+                        None)
+            noise = max([x for x in (r.spread, best.spread if best else None) if x is not None],
+                        default=None)
+            verdict = "" if r.vs_best is None else judge(r.vs_best, noise)
+            verdicts.append(verdict)
+            lines.append([r.op, r.shape, r.picked or "?", r.best or "-",
+                          "" if r.vs_best is None else f"{r.vs_best:.3f}x",
+                          "" if noise is None else f"{100 * noise:.0f}%", verdict])
+        judged = [v for v in verdicts if v]
+        head = ["op", "shape", "default picked", "best row", "default/best", "spread",
+                f">= {DEFAULT_GOAL}"]
+        return (f"default call vs the best row of each workload (speed ratio; goal >= {DEFAULT_GOAL}x;"
+                f" spread: interquartile range / median of the noisier row's samples):\n"
+                + _format(head, lines)
+                + f"\n{judged.count('ok')}/{len(judged)} workloads meet the goal; "
+                f"{judged.count('noise')} more are below it by less than their spread, "
+                f"{judged.count('BELOW')} below it")
+
 
     def save(self, csv_path: str | None = None, json_path: str | None = None,
              plot_path: str | None = None) -> None:
@@ -345,29 +389,34 @@ def pinned_call(choices: dict | None, fn, *args, **kwargs):
 
 
 def time_rows(fns: dict, device, warmup: int = 3, rep: int = 10,
-              first_ms: dict | None = None) -> dict:
+              first_ms: dict | None = None, spreads: dict | None = None) -> dict:
     """Median ms per named zero-argument function. CPU: interleaved rounds, so contenders
     (e.g. the default call and the impl it picks) are compared under the same load; GPU:
     ``time_ms`` each."""
     if torch.device(device).type == "cuda":
         return {name: time_ms(fn, device) for name, fn in fns.items()}
-    return time_interleaved(fns, rounds=rep, warmup=warmup, device=device, first_ms=first_ms)
+    return time_interleaved(fns, rounds=rep, warmup=warmup, device=device, first_ms=first_ms,
+                            spreads=spreads)
 
 
 def impl_rows(report: Report, op: str, device, args: tuple, kwargs: dict | None = None, *,
               shape: str, row_op: str | None = None, reps: dict | None = None, err_fn=None,
               setup=None, skip: tuple[str, ...] = (), baseline: str | None = "torch",
-              **add_kw) -> None:
-    """The pk rows of one workload: ``pk.<op>(*args, **kwargs)`` once per ``contenders``
-    entry (each impl pinned, then the unpinned default), timed together by ``time_rows``
-    (``reps``: its warmup / rep). ``err_fn(first result) -> max err``; ``setup()`` runs before
-    each row's first call; other keywords go to ``report.add``. A refusing or failing impl
-    gets a NaN row that says why; the run goes on."""
+              baselines: dict | None = None, **add_kw) -> None:
+    """The rows of one workload: ``baselines`` ({row name: (zero-argument fn, report.add
+    keywords)}, the torch formulations), then ``pk.<op>(*args, **kwargs)`` once per
+    ``contenders`` entry (each impl pinned, then the unpinned default), all timed together by
+    ``time_rows`` (interleaved rounds on CPU: every row under the same load; ``reps``: its
+    warmup / rep). ``err_fn(first result) -> max err``; ``setup()`` runs before each pk row's
+    first call; other keywords go to ``report.add`` for the pk rows. A refusing or failing
+    impl gets a NaN row that says why; the run goes on."""
     import polykernels as pk
     kwargs = kwargs or {}
     public = getattr(pk, op)
     rows = contenders(op, device, args, kwargs, skip)
-    fns, first, errs, why = {}, {}, {}, {}
+    baselines = baselines or {}
+    fns = {name: fn for name, (fn, _) in baselines.items()}
+    first, errs, why = {}, {}, {}
     for name, choices, refused in rows:
         if refused is not None:
             why[name] = f"refused: {refused}"
@@ -383,12 +432,17 @@ def impl_rows(report: Report, op: str, device, args: tuple, kwargs: dict | None 
             fns[name] = call
         except Exception as e:  # an impl that fails this case: say so, keep going
             why[name] = f"failed: {e}"
-    ms = time_rows(fns, device, first_ms=first, **(reps or {}))
+    spreads = {}
+    ms = time_rows(fns, device, first_ms=first, spreads=spreads, **(reps or {}))
+    for name, (_, row_kw) in baselines.items():
+        report.add(op=row_op or op, shape=shape, impl=name, ms=ms[name], spread=spreads.get(name),
+                   **row_kw)
     for name, choices, _ in rows:
         if name in why:
             report.add(op=row_op or op, shape=shape, impl=name, ms=float("nan"), note=why[name][:80])
             continue
         report.add(op=row_op or op, shape=shape, impl=name, ms=ms[name], max_err=errs[name],
+                   spread=spreads.get(name),
                    baseline=baseline, picked=None if choices else picked(op, *args, **kwargs),
                    **add_kw)
 

@@ -166,6 +166,21 @@ def test_explicit_choice_via_env(monkeypatch):
         assert r.call("op", x_of())[0] == "fast"
 
 
+def test_explicit_choice_is_decided_once_per_input_class():
+    """A pinned call in a loop must not re-run supports() on every call."""
+    r = make_registry()
+    checked = []
+    r.register_impl("op", "fast", backends="cpu", fn=tagged("fast"), priority=100,
+                    supports=lambda x: checked.append(x.shape[0]) or (None if x.shape[0] > 1 else "too small"))
+    with use(op="fast"):
+        for _ in range(3):
+            assert r.call("op", x_of(4))[0] == "fast"
+            with pytest.raises(NoImplError, match="too small"):
+                r.call("op", x_of(1))
+        assert r.explain("op", (x_of(4),)).how == "explicit choice"
+    assert checked == [4, 1]
+
+
 @pytest.mark.parametrize("value", ["op", "op=ref,broken", "=,x"])
 def test_env_parse_errors(monkeypatch, value):
     r = _two_impl_registry()

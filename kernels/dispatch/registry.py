@@ -101,6 +101,11 @@ class Decision:
     def chosen(self) -> Impl | None:
         return self.candidates[0] if self.candidates else None
 
+    def copy(self) -> "Decision":
+        """A copy whose lists and dicts can be changed (cached decisions are shared)."""
+        return Decision(self.op, self.device, list(self.candidates), dict(self.refused), self.how,
+                        dict(self.times_ms), self.final, dict(self.priorities))
+
     def __str__(self) -> str:
         def timed(label):
             return f", {self.times_ms[label]:.3g} ms" if label in self.times_ms else ""
@@ -284,18 +289,29 @@ class Registry:
             selection.TABLE.put(path, key_text, {"order": order, "ms": times})
         return decision
 
+    def _explicit_decision(self, op: str, choice: str, args: tuple) -> Decision:
+        """The decision for a pinned impl (whether it accepts this input class), cached like
+        the automatic ones (a pinned call in a loop must not re-run every supports())."""
+        key = ("explicit", choice, *call_key(args, op))
+        decision = self._cache.get(key)
+        if decision is None:
+            decision = self._decide(op, device_of(args), args, only=choice)
+            decision.how = "explicit choice"
+            with self._lock:
+                self._cache[key] = decision
+                while len(self._cache) > MAX_CACHED_DECISIONS:
+                    self._cache.popitem(last=False)
+        return decision
+
     def explain(self, op: str, args: tuple) -> Decision:
         self.ensure_loaded()
         choice = self._explicit_choice(op)
         if choice is not None:
-            d = self._decide(op, device_of(args), args, only=choice)
-            d.how = "explicit choice"
-            return d
+            return self._explicit_decision(op, choice, args).copy()
         key, cached = self.decide(op, args)
         demoted = self._active_demotions(key)
-        d = Decision(op, cached.device, [i for i in cached.candidates if i.label not in demoted],
-                     dict(cached.refused), cached.how, dict(cached.times_ms), cached.final,
-                     dict(cached.priorities))
+        d = cached.copy()
+        d.candidates = [i for i in d.candidates if i.label not in demoted]
         for label, reason in demoted.items():
             d.refused[label] = f"demoted after failing here (retried after {DEMOTION_S:.0f} s): {reason}"
         return d
@@ -307,7 +323,7 @@ class Registry:
             self.ensure_loaded()
         choice = self._explicit_choice(op)
         if choice is not None:
-            decision = self._decide(op, device_of(args), args, only=choice)
+            decision = self._explicit_decision(op, choice, args)
             if decision.chosen is None:
                 raise NoImplError(_explicit_error(op, choice, decision, self.impls.get(op, [])))
             return decision.chosen.fn(*args)

@@ -55,7 +55,7 @@ def run(report, device, quick: bool) -> None:
         warm = {}
     else:
         cases = [("llama3-8b", 8, 4096 if not quick else 1024)]
-        warm = dict(warmup=1, rep=3)
+        warm = dict(warmup=1, rep=7)   # at least 4 samples for the spread
     bw = copy_bandwidth_gbs(device)
     for model, batch, ctx in cases:
         hq, hkv = MODELS[model]

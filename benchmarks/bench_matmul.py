@@ -38,7 +38,8 @@ def _reps(device, flops):
     # CPU: a 2048^3 GEMM takes ~0.1 s; keep every case to a few seconds.
     if device.type == "cuda":
         return {}
-    return dict(warmup=1, rep=3) if flops > 2e10 else dict(warmup=2, rep=5)
+    # at least 5 samples: the spread (interquartile range) needs 4
+    return dict(warmup=1, rep=5) if flops > 2e10 else dict(warmup=2, rep=7)
 
 
 def _impl_rows(report, op, shape, device, args, kwargs, torch_fn, flops=None, nbytes=None,

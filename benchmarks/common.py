@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -205,6 +206,14 @@ class Report:
             if r.impl == DEFAULT and best is not None and math.isfinite(r.ms) and r.ms > 0:
                 r.vs_best, r.best = best.ms / r.ms, best.impl
 
+    def header(self) -> str:
+        """One line naming what the numbers come from: device, CPU kind or GPU, threads, load."""
+        m = self.meta
+        where = m.get("gpu") or f"{m.get('cpu')} [{m.get('cpu_features') or 'no AVX2'}]"
+        load = m.get("load_average")
+        return (f"# {m.get('date')}: {self.device}, {where}, {m.get('threads')} threads, torch "
+                f"{m.get('torch')}" + ("" if load is None else f", load average {load:.2f} at start"))
+
     def table(self) -> str:
         head = ["op", "shape", "impl", "ms", "spread", "TFLOP/s", "GB/s", "% peak", "vs base",
                 "default/best", "max err", "note"]
@@ -313,8 +322,12 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     else:
-        meta["cpu"] = platform.processor() or platform.machine()
+        from polykernels.dispatch.accelerator import cpu_features
+        model, features = cpu_features()
+        meta["cpu"] = model or platform.processor() or platform.machine()
+        meta["cpu_features"] = " ".join(sorted(features))   # the machine kind: AVX2 / AVX-512 / AMX
         meta["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        meta["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return meta
 
 
@@ -467,6 +480,7 @@ def main_for(run) -> Report:
     device = torch.device(args.device) if args.device else default_device()
     report = Report(str(device), meta=environment(device))
     run(report, device, args.quick)
+    print(report.header())
     print(report.table())
     if report.summary():
         print("\n" + report.summary())

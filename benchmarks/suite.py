@@ -39,6 +39,7 @@ def main(argv=None) -> int:
             traceback.print_exc()
             failed.append(name)
         print(f"== {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    print(report.header())
     print(report.table())
     if report.summary():
         print("\n" + report.summary())

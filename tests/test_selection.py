@@ -261,3 +261,15 @@ def test_interpreted_triton_is_never_timed(monkeypatch):
     assert d.how == "measured" and "triton" not in calls
     assert [i.name for i in d.candidates] == ["torch", "cpp", "ref", "triton"]
     assert d.priorities["triton@nvidia"] < 0
+
+
+def test_the_priority_choice_keeps_its_place_unless_clearly_beaten():
+    by_priority = ["cpp", "torch", "triton"]
+    # within the 5% margin: noise on a shared machine, the registry's choice stays first
+    assert selection.measured_order({"cpp": 10.4, "torch": 10.0}, by_priority) == ["cpp", "torch"]
+    # beyond it: the faster one goes first
+    assert selection.measured_order({"cpp": 10.6, "torch": 10.0}, by_priority) == ["torch", "cpp"]
+    # the incumbent is the first of the priority order that was timed (cpp raised here)
+    assert selection.measured_order({"torch": 5.1, "triton": 5.0}, by_priority) == ["torch", "triton"]
+    assert selection.measured_order({"torch": 1.0, "cpp": 2.0, "triton": 3.0}, by_priority) == \
+        ["torch", "cpp", "triton"]

@@ -282,7 +282,7 @@ class Registry:
         times, errors = selection.time_candidates(decision.op, timed, args, selection.budget_s())
         for label, err in errors.items():
             decision.refused[label] = f"raised while being measured: {err}"
-        order = sorted(times, key=times.get)
+        order = selection.measured_order(times, [i.label for i in timed])
         decision.candidates = [by_label[l] for l in order] + rest
         decision.how, decision.times_ms = "measured", times
         if order:

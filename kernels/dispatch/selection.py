@@ -11,8 +11,11 @@ What is measured: the candidates with a positive priority (our kernels and the v
 once to warm up, then in up to ``RUNS`` interleaved rounds (every candidate once per round, so
 a change of load on shared CPUs hits all alike) until the time budget is spent
 (``POLYKERNELS_SELECT_BUDGET_MS``, default 250 ms per decision, at least one round); the median
-counts. A candidate that raises while being measured is dropped from that decision's order (it
-stays available to failover). Ops that write into arguments (``write_kv_cache``) are measured on scratch copies of
+counts. The fastest goes first, except that the registry's own first choice (the highest
+priority that was timed) keeps its place unless another candidate beats it by more than
+``SWITCH_MARGIN`` (5%): a few runs on a shared machine cannot rank impls closer than that, and
+a choice that flips with the noise is worse than a stable one. A candidate that raises while
+being measured is dropped from that decision's order (it stays available to failover). Ops that write into arguments (``write_kv_cache``) are measured on scratch copies of
 the written tensors, found from the op's schema.
 
 Never measured (the priority order is used, and the decision is revisited in a later eager
@@ -45,6 +48,7 @@ import torch
 log = logging.getLogger("polykernels")
 
 RUNS = 5                      # timed runs per candidate at most (after one warm-up run)
+SWITCH_MARGIN = 0.05          # a faster candidate displaces the priority choice beyond this
 DEFAULT_BUDGET_MS = 250.0     # per decision, all candidates together (warm-ups excepted)
 
 
@@ -179,6 +183,17 @@ def _sync(args: tuple) -> None:
         if isinstance(a, torch.Tensor) and a.device.type == "cuda":
             torch.cuda.synchronize(a.device)
             return
+
+
+def measured_order(times: dict[str, float], by_priority: list[str]) -> list[str]:
+    """Labels fastest first from {label: ms}; the first of ``by_priority`` that was timed stays
+    first unless the fastest is more than SWITCH_MARGIN faster than it."""
+    order = sorted(times, key=times.get)
+    incumbent = next((label for label in by_priority if label in times), None)
+    if incumbent is not None and times[incumbent] <= times[order[0]] * (1 + SWITCH_MARGIN):
+        order.remove(incumbent)
+        order.insert(0, incumbent)
+    return order
 
 
 def time_candidates(op: str, impls: list, args: tuple, budget: float) -> tuple[dict, dict]:

@@ -344,6 +344,13 @@ def test_decision_cached_per_shape_class():
     assert registry_mod.call_key((x_of(255),)) != registry_mod.call_key((x_of(256),))
     # non-contiguous last dim is a different class
     assert registry_mod.call_key((x_of(8).t(),)) != registry_mod.call_key((x_of(3).contiguous(),))
+    # the inlined tensor key of call_key equals _arg_key's (also used inside lists): dense,
+    # transposed, last dim 1, 0-dim, big dims, and a tensor in a list
+    t = torch.zeros(2, 5, 300)
+    cases = [t, t.transpose(1, 2), t[..., :1], torch.tensor(1.0), torch.zeros(3, 1).t(), None, 7, 0.5]
+    assert registry_mod.call_key(tuple(cases), "op") == \
+        ("op", *[registry_mod._arg_key(c) for c in cases])
+    assert registry_mod.call_key(([t, None],))[1] == (registry_mod._arg_key(t), None)
 
 
 def test_thread_safety_concurrent_dispatch_and_registration():

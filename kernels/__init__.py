@@ -4,7 +4,7 @@ accelerator at hand (Triton on NVIDIA/AMD, C++ on CPU, CUDA C++, plugins), with 
 Importing this package defines the ops and registers the built-in backends; it imports no
 Triton, compiles nothing and touches no device. Kernels load on first use.
 """
-from .dispatch import NoImplError, accelerator, backends, register_backend, register_impl
+from .dispatch import InvalidInputError, NoImplError, accelerator, backends, register_backend, register_impl
 from .dispatch import registry as _registry
 from .dispatch import use as _use
 from .ops import (attention, grouped_matmul, linear, matmul, merge_attention_states,
@@ -35,7 +35,7 @@ def explain(op: str, *args, **kwargs):
 
 
 __all__ = [
-    "NoImplError", "accelerator", "attention", "backends", "dequantize_weight", "explain",
+    "InvalidInputError", "NoImplError", "accelerator", "attention", "backends", "dequantize_weight", "explain",
     "grouped_matmul", "linear", "matmul", "merge_attention_states", "paged_attention",
     "quantize_fp8", "quantize_int8", "quantize_weight", "quantized_linear", "register_backend",
     "register_impl", "scaled_matmul", "use", "varlen_attention", "write_kv_cache",

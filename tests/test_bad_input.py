@@ -106,6 +106,8 @@ OPS = {"attention": (pk.attention, attn_args), "varlen_attention": (pk.varlen_at
        "grouped_matmul": (pk.grouped_matmul, grouped_args)}
 
 V, T = ValueError, TypeError
+_SHARED_CACHE = torch.randn(4, 5, 2, 8)    # passed as both caches
+_CACHE_WITH_K = torch.randn(4, 5, 2, 8)    # k is a view into it
 CASES = [
     # attention
     ("attention", dict(q=torch.randint(0, 3, (2, 5, 4, 8))), T, r"^q: .*dtype"),
@@ -122,6 +124,10 @@ CASES = [
     ("attention", dict(causal=1), T, r"^causal"),
     ("attention", dict(softcap=-1.0), V, r"^softcap"),
     ("attention", dict(softmax_scale=float("nan")), V, r"^softmax_scale"),
+    ("attention", dict(softmax_scale=torch.tensor(float("nan"), dtype=torch.float64)), V, r"^softmax_scale"),
+    ("attention", dict(softmax_scale="0.1"), T, r"^softmax_scale: expected a finite float, got str"),
+    ("attention", dict(softcap="1"), T, r"^softcap: .*got str"),
+    ("attention", dict(window=(1.7, 0.5)), T, r"^window\[0\]: expected an integer, got float 1.7"),
     ("attention", dict(alibi_slopes=torch.rand(3)), V, r"^alibi_slopes"),
     ("attention", dict(alibi_slopes=torch.rand(4, dtype=torch.float16)), T, r"^alibi_slopes"),
     ("attention", dict(alibi_slopes=torch.rand(4, device=META)), V, r"^alibi_slopes: expected device"),
@@ -151,10 +157,17 @@ CASES = [
     ("paged_attention", dict(k_cache=torch.randn(2, 300, 2, 8), v_cache=torch.randn(2, 300, 2, 8)), V, r"^k_cache: block_size"),
     ("paged_attention", dict(k_cache=torch.randn(5, 4, 3, 8), v_cache=torch.randn(5, 4, 3, 8)), V, r"heads_kv \(3\)"),
     ("paged_attention", dict(k_scale=0.0), V, r"^k_scale"),
+    ("paged_attention", dict(k_scale=torch.ones(2)), T, r"^k_scale: .*tensor of shape \(2,\)"),
+    ("paged_attention", dict(softmax_scale="0.3"), T, r"^softmax_scale: .*got str"),
     ("paged_attention", dict(v_scale=float("inf")), V, r"^v_scale"),
     ("paged_attention", dict(seq_lens=torch.tensor([6, 8], dtype=torch.int32, device=META)), V, r"^seq_lens: expected device"),
     ("paged_attention", dict(window=(0, -3)), V, r"^window"),
     # write_kv_cache
+    ("write_kv_cache", dict(k_cache=_SHARED_CACHE, v_cache=_SHARED_CACHE), V, r"^v_cache: .*shares memory with k_cache"),
+    ("write_kv_cache", dict(k=_CACHE_WITH_K[0, :3], k_cache=_CACHE_WITH_K), V, r"^k: .*shares memory with k_cache"),
+    ("write_kv_cache", dict(k_cache=torch.randn(1, 1, 2, 8).expand(4, 5, 2, 8)), V, r"^k_cache: .*stride-0"),
+    ("write_kv_cache", dict(k_scale="1.0"), T, r"^k_scale: expected a finite float > 0, got str"),
+    ("write_kv_cache", dict(v_scale=torch.ones(2)), T, r"^v_scale: .*tensor of shape \(2,\)"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, 5, 20])), V, r"^slot_mapping: expected values in \[-1, 20\)"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, -2, 3])), V, r"^slot_mapping"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0.0, 1.0, 2.0])), T, r"^slot_mapping"),
@@ -205,6 +218,8 @@ CASES = [
     ("quantized_linear", dict(qweight=torch.zeros(5, 64, dtype=torch.uint8)), V, r"^qweight: expected \[N, 32\]"),
     ("quantized_linear", dict(qweight=torch.zeros(5, 32, dtype=torch.int8)), T, r"^qweight"),
     ("quantized_linear", dict(scales=torch.ones(5, 3)), V, r"^scales: expected shape \[5, 2\]"),
+    ("quantized_linear", dict(scales=[[1.0, 1.0]] * 5), T, r"^scales: expected a torch.Tensor, got list"),
+    ("quantized_linear", dict(zeros=[[8, 8]] * 5), T, r"^zeros: expected a torch.Tensor, got list"),
     ("quantized_linear", dict(zeros=torch.ones(5, 1)), V, r"^zeros: expected shape"),
     ("quantized_linear", dict(zeros=torch.ones(5, 2, dtype=BF16)), T, r"^zeros"),
     ("quantized_linear", dict(scales=torch.ones(5, 2, device=META)), V, r"^scales: expected device"),
@@ -263,3 +278,68 @@ def test_write_kv_cache_valid_slots_before_bad_one_not_written():
     # and a valid call does write (so the check above can fail)
     pk.write_kv_cache(k, v, kc, vc, torch.tensor([0, 5, 19]))
     assert torch.equal(kc[0, 0], k[0]) and torch.equal(vc[3, 4], v[2])
+
+
+@pytest.mark.parametrize("layout", ["one tensor [2, blocks, ...] (vLLM)", "interleaved [blocks, 2, ...]"])
+def test_kv_caches_split_from_one_tensor_are_accepted_and_written(layout):
+    """The aliasing check refuses shared memory, not the two usual ways of allocating both
+    caches in one tensor: disjoint halves, and per-block interleaving (elements never shared)."""
+    k, v = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+    slots = torch.tensor([0, 6, 19])
+    if layout.startswith("one"):
+        whole = torch.zeros(2, 4, 5, 2, 8)
+        k_cache, v_cache = whole.unbind(0)
+    else:
+        whole = torch.zeros(4, 2, 5, 2, 8)
+        k_cache, v_cache = whole.unbind(1)
+    pk.write_kv_cache(k, v, k_cache, v_cache, slots)
+    for i, s in enumerate(slots.tolist()):
+        assert torch.equal(k_cache[s // 5, s % 5], k[i]) and torch.equal(v_cache[s // 5, s % 5], v[i])
+    assert int((whole != 0).sum()) == 2 * k.numel()   # nothing else written
+
+
+# -- index values no check could read --------------------------------------------------------
+# Under torch.compile the public checks cannot read tensor values; the op then runs its impls
+# at run time. Each impl that runs on CPU must refuse a bad index itself (the C++ glue, the torch
+# provider and the reference check what they read), so failover never ends in a plausible
+# answer. (GPU kernels trust index values unless POLYKERNELS_CHECK_VALUES=1: docs/design.md.)
+def _bad_index_cases():
+    paged = (torch.randn(2, 1, 4, 8), torch.randn(5, 4, 2, 8), torch.randn(5, 4, 2, 8),
+             torch.tensor([[0, -1], [4, 1]], dtype=torch.int32), torch.tensor([6, 8], dtype=torch.int32))
+    kv = (torch.randn(3, 2, 8), torch.randn(3, 2, 8), torch.randn(4, 5, 2, 8), torch.randn(4, 5, 2, 8),
+          torch.tensor([0, -5, 7]))
+    varlen = (torch.randn(7, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8),
+              torch.tensor([0, 5, 3, 7], dtype=torch.int32), torch.tensor([0, 4, 6, 9], dtype=torch.int32))
+    grouped = (torch.randn(6, 5), torch.randn(3, 5, 4), torch.tensor([2, 0, 2], dtype=torch.int32))
+    return {
+        "paged_attention": (lambda *a: pk.paged_attention(*a), paged,
+                            paged + (0.3, -1, -1, 0.0, None, 1.0, 1.0), r"block_table"),
+        "write_kv_cache": (lambda k, v, kc, vc, s: (pk.write_kv_cache(k, v, kc, vc, s), kc.sum())[1], kv,
+                           kv + (1.0, 1.0), r"slot"),
+        "varlen_attention": (lambda *a: pk.varlen_attention(*a, 5, 5), varlen,
+                             varlen + (5, 5, False, 0.3, -1, -1, 0.0, None), r"cu_seqlens_q"),
+        "grouped_matmul": (lambda *a: pk.grouped_matmul(*a), grouped, grouped, r"group_sizes"),
+    }
+
+
+@pytest.mark.parametrize("op", list(_bad_index_cases()))
+def test_bad_index_values_under_torch_compile_raise(op):
+    fn, args, _, pattern = _bad_index_cases()[op]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match=pattern):
+        compiled(*args)
+
+
+@pytest.mark.parametrize("op", list(_bad_index_cases()))
+def test_every_cpu_impl_refuses_a_bad_index_itself(op):
+    from polykernels.dispatch import registry
+    _, _, internal, _ = _bad_index_cases()[op]
+    registry.ensure_loaded()
+    impls = [i for i in registry.impls[op] if i.backend in ("cpu", "torch", "reference")]
+    assert {i.backend for i in impls} >= {"reference"}
+    for impl in impls:
+        if impl.supports(*internal) is not None:
+            continue   # refuses the call outright
+        with pytest.raises((ValueError, RuntimeError, IndexError)):
+            impl.fn(*internal)

@@ -181,6 +181,26 @@ def test_explicit_choice_is_decided_once_per_input_class():
     assert checked == [4, 1]
 
 
+def test_invalid_input_raises_at_once_without_failover_or_demotion():
+    """An impl that finds the input's values wrong (InvalidInputError) is right: no other impl
+    may answer (it could only be one that does not check) and nothing is demoted."""
+    r = make_registry()
+    calls = []
+
+    def checking(x):
+        calls.append("checking")
+        if x.shape[0] == 1:
+            raise pk.InvalidInputError("x: a bad index")
+        return ("checking", x.shape[0])
+    r.register_impl("op", "checking", backends="cpu", fn=checking, priority=100)
+    r.register_impl("op", "trusting", backends="cpu", fn=tagged("trusting", calls), priority=50)
+    with pytest.raises(pk.InvalidInputError, match="a bad index"):
+        r.call("op", x_of(1))
+    assert calls == ["checking"]
+    assert not r._demoted and r.call("op", x_of(2))[0] == "checking"
+    assert issubclass(pk.InvalidInputError, ValueError)
+
+
 @pytest.mark.parametrize("value", ["op", "op=ref,broken", "=,x"])
 def test_env_parse_errors(monkeypatch, value):
     r = _two_impl_registry()
@@ -487,11 +507,44 @@ def test_pk_failover_end_to_end(global_registry, caplog):
     assert "demoted" in d.refused["test_broken@cpu"]
 
 
+@pytest.mark.parametrize("wrong", ["shape", "dtype", "count"])
+def test_an_impl_returning_the_wrong_shape_or_dtype_fails_over(global_registry, caplog, wrong):
+    """Results are checked against the op's fake once per decision: a mismatch is a failure
+    (failover, demotion, one warning), never handed to the caller."""
+    def bad(a, b, bias, act, out_dtype):
+        y = a @ b
+        return {"shape": y[:-1], "dtype": y.double(), "count": (y, y)}[wrong]
+    pk.register_impl("matmul", "test_wrong", backends="cpu", priority=10_000, fn=bad)
+    a, b = torch.randn(4, 6), torch.randn(6, 2)
+    with caplog.at_level(logging.WARNING, logger="polykernels"):
+        out = pk.matmul(a, b)
+    assert out.shape == (4, 2) and out.dtype == torch.float32
+    torch.testing.assert_close(out, a @ b)
+    assert any("test_wrong" in r.getMessage() and "WrongResultError" in r.getMessage()
+               for r in caplog.records)
+    assert "demoted" in pk.explain("matmul", a, b).refused["test_wrong@cpu"]
+    with pk.use(matmul="test_wrong"):   # pinned: no failover, the mismatch raises
+        with pytest.raises(registry_mod.WrongResultError, match="test_wrong@cpu output 0|returned 2 outputs"):
+            pk.matmul(a, b)
+
+
+def test_results_are_checked_once_per_decision(global_registry, monkeypatch):
+    lib = importlib.import_module("polykernels.ops._library")
+    calls = []
+    real_fake = lib.FAKES["matmul"]
+    monkeypatch.setitem(lib.FAKES, "matmul", lambda *args: calls.append(1) or real_fake(*args))
+    a, b = torch.randn(4, 6), torch.randn(6, 2)
+    for _ in range(3):
+        pk.matmul(a, b)
+    pk.matmul(torch.randn(300, 6), b)            # another input class: one more check
+    assert len(calls) == 2
+
+
 def test_pk_env_choice_and_refusal(global_registry, monkeypatch):
     a, b = torch.randn(4, 6), torch.randn(6, 2)
     pk.register_impl("matmul", "test_picky", backends="cpu", priority=-50,
                      supports=lambda a, *rest: "needs fp16" if a.dtype != torch.float16 else None,
-                     fn=lambda a, b, *rest: torch.full((a.shape[0], b.shape[1]), 7.0))
+                     fn=lambda a, b, *rest: torch.full((a.shape[0], b.shape[1]), 7.0, dtype=a.dtype))
     monkeypatch.setenv("POLYKERNELS_IMPL", "matmul=test_picky")
     with pytest.raises(NoImplError) as e:
         pk.matmul(a, b)

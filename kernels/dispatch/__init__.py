@@ -8,7 +8,7 @@ from __future__ import annotations
 from .accelerator import Accelerator, accelerator, describe, vendor_of
 from .builtin import load_builtin_impls, register_builtin_backends
 from .plugins import load_plugins
-from .registry import Backend, Decision, Impl, NoImplError, Registry, use
+from .registry import Backend, Decision, Impl, InvalidInputError, NoImplError, Registry, use
 
 registry = Registry()
 register_builtin_backends(registry)
@@ -53,6 +53,6 @@ def backends() -> list[dict]:
     return out
 
 
-__all__ = ["Accelerator", "Backend", "Decision", "Impl", "NoImplError", "Registry", "accelerator",
+__all__ = ["Accelerator", "Backend", "Decision", "Impl", "InvalidInputError", "NoImplError", "Registry", "accelerator",
            "backends", "describe", "dispatch", "register_backend", "register_impl", "registry",
            "use", "vendor_of"]

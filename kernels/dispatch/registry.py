@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import os
 import threading
@@ -52,6 +53,17 @@ INTERPRETER_PRIORITY_OFFSET = -10_000
 MAX_CACHED_DECISIONS = 4096   # LRU bound of the decision cache
 DEMOTION_S = 60.0             # a failed impl is retried for its input class after this long
 _now = time.monotonic         # the demotion clock (tests replace it)
+
+
+class InvalidInputError(ValueError):
+    """The input's values are wrong (an index out of range, offsets that decrease, group sizes
+    that do not sum to the rows). Raised by the value checks, in the public functions and in
+    the impls that read index values; dispatch raises it at once: no failover (another impl
+    could only be one that does not check) and no demotion (the impl was right to refuse)."""
+
+
+class WrongResultError(RuntimeError):
+    """An impl returned outputs whose shape, dtype or device differ from the op's contract."""
 
 
 class NoImplError(RuntimeError):
@@ -95,6 +107,7 @@ class Decision:
     how: str = "priority"        # "priority", "measured", "measured (table)", "explicit choice"
     times_ms: dict[str, float] = field(default_factory=dict)  # label -> median ms (measured)
     final: bool = True           # False: priority order used where measuring was not allowed
+    checked: bool = False        # the chosen impl's result was checked against the op's fake
     priorities: dict[str, int] = field(default_factory=dict)  # label -> effective priority here
 
     @property
@@ -103,8 +116,9 @@ class Decision:
 
     def copy(self) -> "Decision":
         """A copy whose lists and dicts can be changed (cached decisions are shared)."""
-        return Decision(self.op, self.device, list(self.candidates), dict(self.refused), self.how,
-                        dict(self.times_ms), self.final, dict(self.priorities))
+        return dataclasses.replace(self, candidates=list(self.candidates),
+                                   refused=dict(self.refused), times_ms=dict(self.times_ms),
+                                   priorities=dict(self.priorities))
 
     def __str__(self) -> str:
         def timed(label):
@@ -134,6 +148,10 @@ class Registry:
         self.load_errors: dict[str, str] = {}
         self.loaded_plugins: list[str] = []
         self._checked_env: set[str] = set()   # POLYKERNELS_IMPL values whose op names were checked
+        # (op, args, result) -> None or what is wrong with the result's shapes / dtypes; set by
+        # the ops layer (the op's fake kernel says what is expected). Run on an impl's first
+        # result per decision, and on every result of a failover.
+        self.result_check: Callable[[str, tuple, object], str | None] | None = None
 
     # -- registration -------------------------------------------------------------------
     def register_backend(self, backend: Backend) -> None:
@@ -326,7 +344,13 @@ class Registry:
             decision = self._explicit_decision(op, choice, args)
             if decision.chosen is None:
                 raise NoImplError(_explicit_error(op, choice, decision, self.impls.get(op, [])))
-            return decision.chosen.fn(*args)
+            result = decision.chosen.fn(*args)
+            if not decision.checked:   # an explicit choice never fails over: a bad result raises
+                error = self._wrong_result(decision.chosen, op, args, result)
+                if error is not None:
+                    raise error
+                decision.checked = True
+            return result
 
         key = call_key(args, op)
         decision = self._cache.get(key)
@@ -334,13 +358,29 @@ class Registry:
             key, decision = self.decide(op, args)
         candidates = decision.candidates
         if candidates and not self._demoted:   # the common case: nothing has failed
+            impl = candidates[0]
             try:
-                return candidates[0].fn(*args)
+                result = impl.fn(*args)
+            except InvalidInputError:
+                raise
             except Exception as e:
                 if strict():
                     raise
-                return self._fail_over(key, candidates[1:], [(candidates[0], e)], op, args)
+                return self._fail_over(key, candidates[1:], [(impl, e)], op, args)
+            if decision.checked:
+                return result
+            error = self._wrong_result(impl, op, args, result)
+            if error is None:
+                decision.checked = True
+                return result
+            if strict():
+                raise error
+            return self._fail_over(key, candidates[1:], [(impl, error)], op, args)
         return self._fail_over(key, candidates, [], op, args)
+
+    def _wrong_result(self, impl: Impl, op: str, args: tuple, result) -> WrongResultError | None:
+        problem = None if self.result_check is None else self.result_check(op, args, result)
+        return None if problem is None else WrongResultError(f"{impl.label} {problem}")
 
     def _fail_over(self, key: tuple, candidates: list[Impl],
                    failures: list[tuple[Impl, Exception]], op: str, args: tuple):
@@ -351,6 +391,11 @@ class Registry:
                 continue
             try:
                 result = impl.fn(*args)
+                error = self._wrong_result(impl, op, args, result)
+                if error is not None:
+                    raise error
+            except InvalidInputError:
+                raise
             except Exception as e:
                 if strict():
                     raise

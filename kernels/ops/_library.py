@@ -10,7 +10,9 @@ more than a decode step's small ops take. The same op defined with ``Library.def
 What custom_op did is kept, each in one place:
   * the schema is inferred from the function's annotations (``torch.library.infer_schema``),
     tagged pt2-compliant;
-  * fake kernels: ``torch.library.register_fake(op)`` in the op modules;
+  * fake kernels: ``@fake(op)`` in the op modules (torch.library.register_fake, and the
+    dispatcher checks each impl's first result per decision against it: a wrong shape or
+    dtype is a failure, so failover runs the next impl);
   * autograd: differentiable ops call ``torch.library.register_autograd(op, ...)``; every other
     op gets the Autograd kernel below, whose outputs carry a grad_fn that raises on backward
     (a missing gradient is an error, never a silent zero);
@@ -25,6 +27,7 @@ import torch
 
 LIBRARY = torch.library.Library("polykernels", "DEF")
 NAMESPACE = "polykernels"
+FAKES: dict[str, Callable] = {}   # op name -> its fake kernel (also checks real results)
 
 
 def define(name: str, *, mutates_args: Iterable[str] = (), differentiable: bool = False
@@ -48,6 +51,40 @@ def define(name: str, *, mutates_args: Iterable[str] = (), differentiable: bool 
         return op
 
     return wrap
+
+
+def fake(op: torch._ops.OpOverload) -> Callable[[Callable], Callable]:
+    """Decorator: ``fn`` is the op's fake kernel (torch.library.register_fake), and the
+    dispatcher compares each impl's first result per decision with what it gives."""
+    def wrap(fn: Callable) -> Callable:
+        torch.library.register_fake(op)(fn)
+        FAKES[op._schema.name.split("::")[-1]] = fn
+        return fn
+    return wrap
+
+
+def result_mismatch(op: str, args: tuple, result) -> str | None:
+    """None if ``result`` has the shapes, dtypes and devices the op's fake kernel gives for
+    ``args`` (called on the real arguments: it allocates empty outputs), else what differs."""
+    fake_fn = FAKES.get(op)
+    if fake_fn is None:
+        return None
+    want = fake_fn(*args)
+    wants = want if isinstance(want, tuple) else (want,)
+    gots = result if isinstance(result, tuple) else (result,)
+    if len(gots) != len(wants):
+        return f"returned {len(gots)} outputs, expected {len(wants)}"
+    for i, (g, w) in enumerate(zip(gots, wants)):
+        if w is None or g is None:
+            if g is not w:
+                return f"output {i}: returned {type(g).__name__}, expected {type(w).__name__}"
+            continue
+        if not isinstance(g, torch.Tensor):
+            return f"output {i}: returned {type(g).__name__}, expected a tensor"
+        if (g.shape, g.dtype, g.device) != (w.shape, w.dtype, w.device):
+            return (f"output {i}: returned shape {tuple(g.shape)} {g.dtype} on {g.device}, "
+                    f"expected {tuple(w.shape)} {w.dtype} on {w.device}")
+    return None
 
 
 def _no_backward_kernel(op: torch._ops.OpOverload, mutated: list[int]) -> Callable:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._library import define
+from ._library import define, fake
 from ._run import empty_like_contiguous, run
 from . import checks
 
@@ -26,7 +26,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, softmax_scale: flo
                     softcap, alibi_slopes)
 
 
-@torch.library.register_fake(_attention)
+@fake(_attention)
 def _(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
     b, sq, hq, _ = q.shape
     return q.new_empty(b, sq, hq, v.shape[-1]), q.new_empty(b, hq, sq, dtype=torch.float32)
@@ -41,7 +41,7 @@ def _attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
                window_left, window_right, softcap, alibi_slopes, dlse)
 
 
-@torch.library.register_fake(_attention_backward)
+@fake(_attention_backward)
 def _(dout, q, k, v, out, lse, *rest):
     return empty_like_contiguous(q, k, v)
 
@@ -113,7 +113,7 @@ def _varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k:
                     alibi_slopes)
 
 
-@torch.library.register_fake(_varlen)
+@fake(_varlen)
 def _(q, k, v, *rest):
     t, hq, _ = q.shape
     return q.new_empty(t, hq, v.shape[-1]), q.new_empty(hq, t, dtype=torch.float32)
@@ -130,7 +130,7 @@ def _varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                window_left, window_right, softcap, alibi_slopes, dlse)
 
 
-@torch.library.register_fake(_varlen_backward)
+@fake(_varlen_backward)
 def _(dout, q, k, v, *rest):
     return empty_like_contiguous(q, k, v)
 

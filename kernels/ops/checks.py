@@ -8,9 +8,13 @@ while torch.compile traces.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import torch
+
+from ..dispatch.registry import InvalidInputError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
@@ -33,6 +37,8 @@ def tensor(x, name: str, *, ndim: int | tuple | None = None, dtypes=None) -> tor
 
 def same_device(ref: torch.Tensor, ref_name: str, **others) -> None:
     for name, t in others.items():
+        if t is not None:
+            tensor(t, name)   # a list or number here gets a TypeError naming it
         if t is not None and t.device != ref.device:
             raise ValueError(f"{name}: expected device {ref.device} (that of {ref_name}), got {t.device}")
 
@@ -60,11 +66,36 @@ def check_values(*tensors: torch.Tensor | None) -> bool:
     return os.environ.get("POLYKERNELS_CHECK_VALUES", "0") not in ("", "0")
 
 
+# -- scalars -----------------------------------------------------------------------------------
+def real(value, name: str, what: str = "a finite number") -> float:
+    """value as a finite Python float: a Python / NumPy real (not bool, not str) or a
+    one-element floating tensor; anything else is a TypeError naming ``name``. NaN and
+    infinities are a ValueError (``what`` describes the expectation)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not (value.is_floating_point() or value.dtype in INDEX_DTYPES):
+            raise TypeError(f"{name}: expected {what}, got a tensor of shape {tuple(value.shape)} "
+                            f"and dtype {value.dtype}")
+    elif isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{name}: expected {what}, got {out}")
+    return out
+
+
+def integer(value, name: str) -> int:
+    """value as a Python int: an int or NumPy integer (not bool, not a float such as 1.7,
+    which would be truncated silently)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 # -- attention ---------------------------------------------------------------------------------
 def window_pair(window) -> tuple[int, int]:
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise ValueError(f"window: expected a pair (left, right), got {window!r}")
-    left, right = (int(w) for w in window)
+    left, right = (integer(w, f"window[{i}]") for i, w in enumerate(window))
     if left < -1 or right < -1:
         raise ValueError(f"window: expected each side >= -1 (-1 = unbounded), got {window!r}")
     return left, right
@@ -73,13 +104,19 @@ def window_pair(window) -> tuple[int, int]:
 def scalar_args(softmax_scale, softcap, head_dim: int) -> tuple[float, float]:
     if softmax_scale is None:
         softmax_scale = head_dim ** -0.5
-    softmax_scale = float(softmax_scale)
-    if softmax_scale != softmax_scale or softmax_scale in (float("inf"), float("-inf")):
-        raise ValueError(f"softmax_scale: expected a finite float, got {softmax_scale}")
-    softcap = float(softcap)
-    if not softcap >= 0.0 or softcap == float("inf"):
+    softmax_scale = real(softmax_scale, "softmax_scale", "a finite float")
+    softcap = real(softcap, "softcap", "a finite value >= 0 (0 disables it)")
+    if softcap < 0.0:
         raise ValueError(f"softcap: expected a finite value >= 0 (0 disables it), got {softcap}")
     return softmax_scale, softcap
+
+
+def cache_scale(value, name: str) -> float:
+    """k_scale / v_scale of an fp8 cache: a finite float > 0 (one per tensor)."""
+    out = real(value, name, "a finite float > 0")
+    if out <= 0:
+        raise ValueError(f"{name}: expected a finite float > 0, got {out}")
+    return out
 
 
 def qkv(q, k, v, *, seq_dims: int) -> None:
@@ -129,18 +166,53 @@ def cu_seqlens(cu_q, cu_k, total_q: int, total_k: int, max_q: int, max_k: int, d
         if not isinstance(m, int) or m < 0:
             raise ValueError(f"{name}: expected an int >= 0, got {m!r}")
     if check_values(cu_q, cu_k):
-        for name, t, total, m in (("cu_seqlens_q", cu_q, total_q, max_q),
-                                  ("cu_seqlens_k", cu_k, total_k, max_k)):
-            vals = t.tolist()
-            if vals[0] != 0 or vals[-1] != total:
-                raise ValueError(f"{name}: expected to start at 0 and end at {total} (total tokens), got {vals[0]}..{vals[-1]}")
-            lens = [b - a for a, b in zip(vals, vals[1:])]
-            if min(lens) < 0:
-                raise ValueError(f"{name}: expected non-decreasing offsets, got {vals}")
-            if max(lens) > m:
-                mname = "max_seqlen_q" if name.endswith("q") else "max_seqlen_k"
-                raise ValueError(f"{mname}: expected >= the longest sequence ({max(lens)}), got {m}")
+        cu_seqlens_values(cu_q, cu_k, total_q, total_k, max_q, max_k)
     return cu_q.shape[0] - 1
+
+
+# -- index values ------------------------------------------------------------------------------
+# What the index tensors hold. The public functions run these where check_values() allows;
+# the reference impl runs them always (kernels/reference/register.py), so an index that no
+# check could read (under torch.compile, on a GPU) never yields a plausible answer from it.
+def cu_seqlens_values(cu_q, cu_k, total_q: int, total_k: int, max_q: int, max_k: int) -> None:
+    for name, t, total, m in (("cu_seqlens_q", cu_q, total_q, max_q),
+                              ("cu_seqlens_k", cu_k, total_k, max_k)):
+        vals = t.tolist()
+        if vals[0] != 0 or vals[-1] != total:
+            raise InvalidInputError(f"{name}: expected to start at 0 and end at {total} (total tokens), got {vals[0]}..{vals[-1]}")
+        lens = [b - a for a, b in zip(vals, vals[1:])]
+        if min(lens) < 0:
+            raise InvalidInputError(f"{name}: expected non-decreasing offsets, got {vals}")
+        if max(lens) > m:
+            mname = "max_seqlen_q" if name.endswith("q") else "max_seqlen_k"
+            raise InvalidInputError(f"{mname}: expected >= the longest sequence ({max(lens)}), got {m}")
+
+
+def paged_values(block_table, seq_lens, q_len: int, num_blocks: int, block_size: int) -> None:
+    lens = seq_lens.tolist()
+    cap = block_table.shape[1] * block_size
+    for i, n in enumerate(lens):
+        if n < q_len or n > cap:
+            raise InvalidInputError(f"seq_lens: entry {i} is {n}; expected q_len ({q_len}) <= seq_len <= "
+                             f"max_blocks * block_size ({cap})")
+        used = block_table[i, : (n + block_size - 1) // block_size]
+        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
+            raise InvalidInputError(f"block_table: row {i} uses block ids outside [0, {num_blocks}) "
+                             f"(min {int(used.min())}, max {int(used.max())})")
+
+
+def slot_values(slot_mapping, num_slots: int) -> None:
+    if slot_mapping.numel():
+        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
+        if lo < -1 or hi >= num_slots:
+            raise InvalidInputError(f"slot_mapping: expected values in [-1, {num_slots}) (-1 = padding), got min {lo}, max {hi}")
+
+
+def group_size_values(group_sizes, rows: int) -> None:
+    sizes = group_sizes.tolist()
+    if min(sizes, default=0) < 0 or sum(sizes) != rows:
+        raise InvalidInputError(f"group_sizes: expected non-negative sizes summing to x's rows ({rows}), "
+                         f"got sum {sum(sizes)} (min {min(sizes, default=0)})")
 
 
 # -- paged decode ------------------------------------------------------------------------------
@@ -164,20 +236,10 @@ def paged(q, k_cache, v_cache, block_table, seq_lens, k_scale: float, v_scale: f
         raise ValueError(f"k_cache: block_size (dim 1) must be in [1, 256], got {block_size}")
     dim_equal(block_table.shape[0], num_seqs, "block_table: rows (num_seqs, from q)")
     dim_equal(seq_lens.shape[0], num_seqs, "seq_lens: length (num_seqs, from q)")
-    for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if not (isinstance(s, float) and s > 0 and s != float("inf")):
-            raise ValueError(f"{name}: expected a finite float > 0, got {s!r}")
+    cache_scale(k_scale, "k_scale")
+    cache_scale(v_scale, "v_scale")
     if check_values(block_table, seq_lens):
-        lens = seq_lens.tolist()
-        cap = block_table.shape[1] * block_size
-        for i, n in enumerate(lens):
-            if n < q_len or n > cap:
-                raise ValueError(f"seq_lens: entry {i} is {n}; expected q_len ({q_len}) <= seq_len <= "
-                                 f"max_blocks * block_size ({cap})")
-            used = block_table[i, : (n + block_size - 1) // block_size]
-            if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
-                raise ValueError(f"block_table: row {i} uses block ids outside [0, {num_blocks}) "
-                                 f"(min {int(used.min())}, max {int(used.max())})")
+        paged_values(block_table, seq_lens, q_len, num_blocks, block_size)
 
 
 def kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale: float, v_scale: float) -> None:
@@ -199,14 +261,50 @@ def kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale: float, v_scale: floa
         raise ValueError(f"k_cache: expected [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}] "
                          f"(heads and head_dim of k), got {tuple(k_cache.shape)}")
     dim_equal(slot_mapping.shape[0], k.shape[0], "slot_mapping: length (num_tokens, from k)")
-    for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if not (isinstance(s, float) and s > 0 and s != float("inf")):
-            raise ValueError(f"{name}: expected a finite float > 0, got {s!r}")
-    if check_values(slot_mapping) and slot_mapping.numel():
-        slots = k_cache.shape[0] * k_cache.shape[1]
-        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
-        if lo < -1 or hi >= slots:
-            raise ValueError(f"slot_mapping: expected values in [-1, {slots}) (-1 = padding), got min {lo}, max {hi}")
+    cache_scale(k_scale, "k_scale")
+    cache_scale(v_scale, "v_scale")
+    no_aliasing(dict(k_cache=k_cache, v_cache=v_cache), dict(k=k, v=v, slot_mapping=slot_mapping))
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if any(st == 0 and n > 1 for st, n in zip(c.stride(), c.shape)):
+            raise ValueError(f"{name}: expected a tensor with its own memory per element (a "
+                             f"written cache cannot have a stride-0 dim), got strides {c.stride()}")
+    if check_values(slot_mapping):
+        slot_values(slot_mapping, k_cache.shape[0] * k_cache.shape[1])
+
+
+def no_aliasing(written: dict, read: dict) -> None:
+    """ValueError if a tensor the op writes (``written``, name -> tensor) shares memory with
+    another argument: what the op reads would change under it, and impls would disagree.
+    Exact for tensors whose elements fill a byte range (any dim order, as torch's own overlap
+    check); layouts that interleave (e.g. k and v caches split from one [blocks, 2, ...]
+    tensor) are left alone, as torch leaves them."""
+    tensors = {name: t for name, t in {**written, **read}.items() if t is not None}
+    if torch.compiler.is_compiling() or any(type(t) is not torch.Tensor or t.device.type == "meta"
+                                            for t in tensors.values()):
+        return   # no memory to compare (traced / fake tensors): the op's kernel checks at run time
+    spans = {name: _dense_span(t) for name, t in tensors.items() if t.numel()}
+    names = list(spans)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a not in written and b not in written:
+                continue
+            ta, tb = (written.get(n, read.get(n)) for n in (a, b))
+            same = ta is tb or (ta.data_ptr() == tb.data_ptr() and ta.stride() == tb.stride())
+            sa, sb = spans[a], spans[b]
+            overlap = sa is not None and sb is not None and sa[0] < sb[1] and sb[0] < sa[1]
+            if ta.device == tb.device and (same or overlap):
+                raise ValueError(f"{b}: expected memory of its own, but it shares memory with {a} "
+                                 f"(the op writes into {a if a in written else b})")
+
+
+def _dense_span(t: torch.Tensor) -> tuple[int, int] | None:
+    """(first byte, end byte) when t's elements fill exactly that range, else None."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return None
+        expected *= size
+    return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
 
 
 def merge_states(out_a, lse_a, out_b, lse_b) -> None:
@@ -328,7 +426,4 @@ def grouped_matmul(x, weights, group_sizes) -> None:
     dim_equal(weights.shape[1], x.shape[1], "weights: dim 1 (K, must match x's columns; layout [E, K, N])")
     dim_equal(group_sizes.shape[0], weights.shape[0], "group_sizes: length (number of experts E)")
     if check_values(group_sizes):
-        sizes = group_sizes.tolist()
-        if min(sizes, default=0) < 0 or sum(sizes) != x.shape[0]:
-            raise ValueError(f"group_sizes: expected non-negative sizes summing to x's rows ({x.shape[0]}), "
-                             f"got sum {sum(sizes)} (min {min(sizes, default=0)})")
+        group_size_values(group_sizes, x.shape[0])

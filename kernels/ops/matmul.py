@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._library import define
+from ._library import define, fake
 from ._run import run
 from . import checks
 
@@ -21,7 +21,7 @@ def _matmul(a: Tensor, b: Tensor, bias: Optional[Tensor], activation: Optional[s
     return run("matmul", a, b, bias, activation, out_dtype)
 
 
-@torch.library.register_fake(_matmul)
+@fake(_matmul)
 def _(a, b, bias, activation, out_dtype):
     return a.new_empty(*a.shape[:-1], b.shape[1], dtype=out_dtype or a.dtype)
 
@@ -44,7 +44,7 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optio
     return run("linear", x, weight, bias, activation)
 
 
-@torch.library.register_fake(_linear)
+@fake(_linear)
 def _(x, weight, bias, activation):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
@@ -66,7 +66,7 @@ def _scaled(a: Tensor, b: Tensor, scale_a: Tensor, scale_b: Tensor, bias: Option
     return run("scaled_matmul", a, b, scale_a, scale_b, bias, out_dtype)
 
 
-@torch.library.register_fake(_scaled)
+@fake(_scaled)
 def _(a, b, scale_a, scale_b, bias, out_dtype):
     return a.new_empty(a.shape[0], b.shape[1], dtype=out_dtype)
 
@@ -90,7 +90,7 @@ def _qlinear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor]
     return run("quantized_linear", x, qweight, scales, zeros, bits, group_size, bias)
 
 
-@torch.library.register_fake(_qlinear)
+@fake(_qlinear)
 def _(x, qweight, scales, zeros, bits, group_size, bias):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])
 
@@ -113,7 +113,7 @@ def _grouped(x: Tensor, weights: Tensor, group_sizes: Tensor) -> Tensor:
     return run("grouped_matmul", x, weights, group_sizes)
 
 
-@torch.library.register_fake(_grouped)
+@fake(_grouped)
 def _(x, weights, group_sizes):
     return x.new_empty(x.shape[0], weights.shape[2])
 

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._library import define
+from ._library import define, fake
 from ._run import empty_like_contiguous, run
 from . import checks
 
@@ -22,7 +22,7 @@ def _paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq
                     window_left, window_right, softcap, alibi_slopes, k_scale, v_scale)
 
 
-@torch.library.register_fake(_paged)
+@fake(_paged)
 def _(q, *rest):
     n, q_len, hq, d = q.shape
     return q.new_empty(n, q_len, hq, d), q.new_empty(n, hq, q_len, dtype=torch.float32)
@@ -52,21 +52,24 @@ def paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, *, softmax_
                          window=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=False,
                          k_scale=1.0, v_scale=1.0) -> tuple:
     """Validate public arguments; return the op's internal arguments."""
-    checks.paged(q, k_cache, v_cache, block_table, seq_lens, float(k_scale), float(v_scale))
+    k_scale, v_scale = checks.cache_scale(k_scale, "k_scale"), checks.cache_scale(v_scale, "v_scale")
+    checks.paged(q, k_cache, v_cache, block_table, seq_lens, k_scale, v_scale)
     wl, wr = checks.window_pair(window)
     scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
     checks.alibi(alibi_slopes, q, q.shape[0], q.shape[2])
     return (q, k_cache, v_cache, block_table, seq_lens, scale, wl, wr, softcap, alibi_slopes,
-            float(k_scale), float(v_scale))
+            k_scale, v_scale)
 
 
 @define("write_kv_cache", mutates_args=("k_cache", "v_cache"))
 def _write_kv(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
               k_scale: float, v_scale: float) -> None:
+    # again here, at run time: a compiled graph's public call could not compare memory
+    checks.no_aliasing(dict(k_cache=k_cache, v_cache=v_cache), dict(k=k, v=v, slot_mapping=slot_mapping))
     run("write_kv_cache", k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
-@torch.library.register_fake(_write_kv)
+@fake(_write_kv)
 def _(*args):
     return None
 
@@ -84,8 +87,9 @@ def write_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_
 
 
 def write_kv_cache_args(k, v, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):
-    checks.kv_write(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale))
-    return k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale)
+    k_scale, v_scale = checks.cache_scale(k_scale, "k_scale"), checks.cache_scale(v_scale, "v_scale")
+    checks.kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    return k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale
 
 
 @define("merge_attention_states")
@@ -93,7 +97,7 @@ def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[
     return run("merge_attention_states", out_a, lse_a, out_b, lse_b)
 
 
-@torch.library.register_fake(_merge)
+@fake(_merge)
 def _(out_a, lse_a, out_b, lse_b):
     return empty_like_contiguous(out_a, lse_a)
 

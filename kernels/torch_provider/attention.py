@@ -50,6 +50,7 @@ import functools
 
 import torch
 
+from ..ops import checks
 from ..reference import attention_ref
 from ..reference.attention_ref import _sequences, visibility
 from .common import cpu_only_reason
@@ -185,6 +186,10 @@ def attention_backward_supports(dout, q, k, v, out, lse, causal, softmax_scale, 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                      softmax_scale, window_left, window_right, softcap, alibi_slopes):
     """One kernel call per sequence (views into the packed tensors, no copies of q/k/v)."""
+    # the offsets address the packed tensors: checked here, as this impl also runs where the
+    # public checks could not read them (a compiled graph)
+    checks.cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q,
+                             max_seqlen_k)
     out = torch.zeros_like(q)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32,
                      device=q.device)

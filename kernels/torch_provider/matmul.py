@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops import checks
 from .common import compute_dtype, cpu_only_reason, gemm_device_reason
 
 _HALF = (torch.bfloat16, torch.float16)
@@ -167,6 +168,9 @@ def _grouped_mm_layout_ok(t: torch.Tensor) -> bool:
 
 
 def grouped_matmul(x, weights, group_sizes):
+    # sizes that do not sum to the rows would leave rows unwritten: checked here, as this impl
+    # also runs where the public checks could not read them (a compiled graph)
+    checks.group_size_values(group_sizes, x.shape[0])
     if _grouped_mm_layout_ok(x) and _grouped_mm_layout_ok(weights):
         offs = torch.cumsum(group_sizes, 0).to(torch.int32)
         return torch._grouped_mm(x, weights, offs)

@@ -1,5 +1,8 @@
 // CPU launchers for paged decode attention and KV-cache writes: validate (including the
 // block table and slots, which the kernels trust for addressing), call the torch-free kernels.
+#include <algorithm>
+#include <vector>
+
 #include "cpu/attention.h"
 #include "checks.h"
 #include "cpu/kv_cache.h"
@@ -110,12 +113,19 @@ void cpu_write_kv_cache(const at::Tensor& k, const at::Tensor& v, const at::Tens
                    slot_mapping.dim() == 1 && slot_mapping.size(0) == T,
                "slot_mapping", "expected int32 or int64 [", T, "]");
   const bool s64 = slot_mapping.scalar_type() == at::kLong;
+  std::vector<int64_t> used;  // the written slots: two tokens may not share one (rows would race)
+  used.reserve(T);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t slot = s64 ? slot_mapping.data_ptr<int64_t>()[t * slot_mapping.stride(0)]
                              : slot_mapping.data_ptr<int32_t>()[t * slot_mapping.stride(0)];
     PK_CHECK_ARG(slot >= -1 && slot < NB * BS, "slot_mapping", "slot ", slot, " at ", t, " out of [-1, ", NB * BS,
                  ")");
+    if (slot >= 0) used.push_back(slot);
   }
+  std::sort(used.begin(), used.end());
+  const auto dup = std::adjacent_find(used.begin(), used.end());
+  PK_CHECK_ARG(dup == used.end(), "slot_mapping", "slot ", dup == used.end() ? 0 : *dup,
+               " appears more than once (each token needs a slot of its own)");
   if (T == 0 || k.size(1) == 0 || k.size(2) == 0) return;
   pk::cpu::attn::WriteKvParams p{};
   p.k = k.data_ptr(); p.v = v.data_ptr(); p.src_kind = s_kind;

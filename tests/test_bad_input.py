@@ -170,6 +170,7 @@ CASES = [
     ("write_kv_cache", dict(v_scale=torch.ones(2)), T, r"^v_scale: .*tensor of shape \(2,\)"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, 5, 20])), V, r"^slot_mapping: expected values in \[-1, 20\)"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, -2, 3])), V, r"^slot_mapping"),
+    ("write_kv_cache", dict(slot_mapping=torch.tensor([7, -1, 7])), V, r"^slot_mapping: slot 7 appears more than once"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0.0, 1.0, 2.0])), T, r"^slot_mapping"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, 1])), V, r"^slot_mapping: length"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, 1, 2], device=META)), V, r"^slot_mapping: expected device"),
@@ -343,3 +344,22 @@ def test_every_cpu_impl_refuses_a_bad_index_itself(op):
             continue   # refuses the call outright
         with pytest.raises((ValueError, RuntimeError, IndexError)):
             impl.fn(*internal)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float8_e4m3fn])
+def test_every_cpu_impl_refuses_duplicate_slots(cache_dtype):
+    """Two tokens into one slot would race (an fp8 cache could keep half of each row): every
+    impl that reads the slots refuses them, before writing anything."""
+    from polykernels.dispatch import registry
+    registry.ensure_loaded()
+    k, v = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+    caches = [torch.randn(4, 5, 2, 8).to(cache_dtype) for _ in range(2)]
+    before = [c.clone() for c in caches]
+    args = (k, v, *caches, torch.tensor([4, 11, 4]), 1.0, 1.0)
+    impls = [i for i in registry.impls["write_kv_cache"] if i.backend in ("cpu", "torch", "reference")]
+    assert {i.name for i in impls} >= {"cpp", "reference"}
+    for impl in impls:
+        with pytest.raises((ValueError, RuntimeError), match="appears more than once"):
+            impl.fn(*args)
+        for b, c in zip(before, caches):
+            assert torch.equal(b.view(torch.uint8), c.view(torch.uint8)), impl.label

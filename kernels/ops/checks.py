@@ -202,10 +202,18 @@ def paged_values(block_table, seq_lens, q_len: int, num_blocks: int, block_size:
 
 
 def slot_values(slot_mapping, num_slots: int) -> None:
+    """Slots in [-1, num_slots), and no slot twice: two tokens written to one row would race
+    (an fp8 cache could keep half of each), so duplicates are refused by every impl that can
+    read the slots (GPU kernels trust them: docs/dispatch.md)."""
     if slot_mapping.numel():
         lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
         if lo < -1 or hi >= num_slots:
             raise InvalidInputError(f"slot_mapping: expected values in [-1, {num_slots}) (-1 = padding), got min {lo}, max {hi}")
+        used = slot_mapping[slot_mapping >= 0]
+        unique, counts = torch.unique(used, return_counts=True)
+        if unique.numel() != used.numel():
+            raise InvalidInputError(f"slot_mapping: slot {int(unique[counts > 1][0])} appears more than "
+                                    f"once (each token needs a slot of its own)")
 
 
 def group_size_values(group_sizes, rows: int) -> None:

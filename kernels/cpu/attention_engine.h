@@ -182,11 +182,76 @@ inline void softmax_row(const RowSet& rs, int r, int64_t j0, int n, float softca
   Ops::write_p(s, w.p, r);
 }
 
+// ---- masked keys must not contribute at all ----
+// A row's masked columns of a key block have P = 0, and the PV product would still add
+// 0 * V there: NaN or inf in a V row the row cannot see (a causal mask's future, a padded or
+// uninitialised cache row) would reach its output. The drivers check each (sequence, KV head)'s
+// V once (a bit test per element, ~1% of the attention's time); where it holds a non-finite
+// value, blocks in which some row sees only part of the keys take a PV that sums each row over
+// its visible columns only.
+inline bool block_partly_masked(const RowSet& rs, int64_t j0, int n) {
+  for (int r = 0; r < rs.n; ++r)
+    if (rs.lo[r] > j0 || rs.hi[r] < j0 + n) return true;
+  return false;
+}
+
+// Whether a row of D elements of `kind` (element stride ds bytes) holds NaN or inf: a test of
+// the exponent bits (all ones), which the compiler vectorises for unit strides.
+template <class T>
+inline bool any_exponent_ones(const char* row, int64_t D, int64_t ds, T mask) {
+  int bad = 0;
+  if (ds == static_cast<int64_t>(sizeof(T))) {
+    const T* x = reinterpret_cast<const T*>(row);
+    for (int64_t d = 0; d < D; ++d) bad |= (x[d] & mask) == mask;
+  } else {
+    for (int64_t d = 0; d < D; ++d) {
+      T x;
+      std::memcpy(&x, row + d * ds, sizeof(T));
+      bad |= (x & mask) == mask;
+    }
+  }
+  return bad != 0;
+}
+
+inline bool row_nonfinite(const char* row, int64_t D, int64_t ds, int kind) {
+  switch (kind) {
+    case kF32: return any_exponent_ones<uint32_t>(row, D, ds, 0x7f800000u);
+    case kBF16: return any_exponent_ones<uint16_t>(row, D, ds, 0x7f80);
+    case kF16: return any_exponent_ones<uint16_t>(row, D, ds, 0x7c00);
+    default: return any_exponent_ones<uint8_t>(row, D, ds, 0x7f);  // fp8 e4m3fn: NaN only
+  }
+}
+
+template <class Src>
+bool v_rows_nonfinite(const Src& src, int64_t j0, int64_t n, int64_t D) {
+  for (int64_t j = j0; j < j0 + n; ++j)
+    if (row_nonfinite(src.vrow(j), D, src.v_ds, src.kind)) return true;
+  return false;
+}
+
+// O = alpha * O + P V over each row's visible columns of [j0, j0 + n) (P: fp32 S rows).
+template <class Src>
+void pv_visible_only(const RowSet& rs, const Src& src, int64_t j0, int n, int bn, int64_t D, int nr,
+                     Workspace& w) {
+  for (int r = 0; r < nr; ++r) {
+    float* o = w.o + r * w.dp;
+    const float a = w.alpha[r];
+    for (int64_t d = 0; d < w.dp; ++d) o[d] *= a;
+    if (r >= rs.n) continue;
+    const float* p = w.s + r * bn;
+    for (int64_t j = imax(rs.lo[r], j0); j < imin(rs.hi[r], j0 + n); ++j) {
+      const float pj = p[j - j0];
+      const char* vr = src.vrow(j);
+      for (int64_t d = 0; d < D; ++d) o[d] += pj * load_elem(vr + d * src.v_ds, src.kind, src.fp8_lut);
+    }
+  }
+}
+
 // Attention of the rows of `rs` over keys [kbeg, kend) of `src` (each row further limited
 // to its own [lo, hi)). Leaves un-normalised O, m, l for rows [0, rs.n) in the workspace.
 template <class V, class Ops, class Src>
 void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float softcap, bool alibi,
-            Workspace& w) {
+            bool v_nonfinite, Workspace& w) {
   const int nr = static_cast<int>(round_up(rs.n, kR));
   for (int r = 0; r < nr; ++r) {
     Ops::load_q(w.q, r, r < rs.n ? rs.q[r] : nullptr, rs.q_ds, rs.q_kind, D, w.dp, qk_scale);
@@ -211,7 +276,10 @@ void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float s
     Ops::pack(src, j0, n, D, w.dp, w.k, w.v);
     Ops::gemm_qk(w.q, w.k, w.s, nr, D, w.dp, qk_scale);
     for (int r = 0; r < nr; ++r) softmax_row<V, Ops>(rs, r, j0, n, softcap, alibi, w);
-    Ops::gemm_pv(w.s, w.p, w.v, w.o, w.alpha, nr, n, w.dp);
+    if (v_nonfinite && block_partly_masked(rs, j0, n) && v_rows_nonfinite(src, j0, n, D))
+      pv_visible_only(rs, src, j0, n, Ops::BN, D, nr, w);
+    else
+      Ops::gemm_pv(w.s, w.p, w.v, w.o, w.alpha, nr, n, w.dp);
   }
 }
 
@@ -333,6 +401,19 @@ void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_item
   const int64_t group = p.heads_q / p.heads_kv;
   const int es = elem_bytes(p.kind);
   const bool alibi = p.alibi != nullptr;
+  // one pass over V per (sequence, KV head): does it hold NaN / inf (see attend)?
+  // (malloc, not std::vector: a template instantiated here would be compiled for this TU's
+  // ISA and could be the copy the linker keeps for every TU)
+  uint8_t* v_bad = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(p.batch * p.heads_kv) + 1, 1));
+#pragma omp parallel for schedule(dynamic, 1) if (v_bad != nullptr)
+  for (int64_t bh = 0; bh < (v_bad != nullptr ? p.batch * p.heads_kv : 0); ++bh) {
+    const int64_t b = bh / p.heads_kv, hk = bh % p.heads_kv;
+    const int64_t kt0 = p.cu_k ? p.cu_k[b] : 0, sk = p.cu_k ? p.cu_k[b + 1] - kt0 : p.seqlen_k;
+    DenseSrc src;
+    src.v = static_cast<const char*>(p.v) + (b * p.v_s[0] + kt0 * p.v_s[1] + hk * p.v_s[2]) * es;
+    src.v_ts = p.v_s[1] * es; src.v_ds = p.v_s[3] * es; src.kind = p.kind;
+    v_bad[bh] = v_rows_nonfinite(src, 0, sk, D);
+  }
 #pragma omp parallel
   {
     Workspace w = alloc_workspace<Ops>(D);
@@ -362,7 +443,8 @@ void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_item
       src.k_ds = p.k_s[3] * es; src.v_ds = p.v_s[3] * es;
       src.kind = p.kind;
       src.fp8_lut = nullptr;
-      attend<V, Ops>(rs, src, D, p.scale, p.softcap, alibi, w);
+      attend<V, Ops>(rs, src, D, p.scale, p.softcap, alibi,
+                     v_bad == nullptr || v_bad[b * p.heads_kv + item.hk] != 0, w);
       int r = 0;
       for (int64_t t = 0; t < item.nt; ++t)
         for (int64_t g = 0; g < item.ng; ++g, ++r) {
@@ -374,6 +456,7 @@ void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_item
     }
     std::free(w.base);
   }
+  std::free(v_bad);
 }
 
 // Paged items: with one split the result goes straight to out/lse; with several, each split
@@ -390,6 +473,20 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
   const bool fp8 = p.cache_kind == kFP8E4M3;
   const float qk_scale = p.scale * (fp8 ? p.k_scale : 1.f);
   const float out_mul = fp8 ? p.v_scale : 1.f;
+  // one pass over each sequence's V per KV head: does it hold NaN / inf (see attend)?
+  uint8_t* v_bad = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(p.num_seqs * p.heads_kv) + 1, 1));
+#pragma omp parallel for schedule(dynamic, 1) if (v_bad != nullptr)
+  for (int64_t sh = 0; sh < (v_bad != nullptr ? p.num_seqs * p.heads_kv : 0); ++sh) {
+    const int64_t s = sh / p.heads_kv, hk = sh % p.heads_kv;
+    PagedSrc src;
+    src.v = static_cast<const char*>(p.v_cache) + hk * p.vc_s[2] * cs;
+    src.bt = p.block_table + s * p.bt_s[0];
+    src.bt_s = p.bt_s[1];
+    src.block_size = p.block_size;
+    src.vb_s = p.vc_s[0] * cs; src.vo_s = p.vc_s[1] * cs; src.v_ds = p.vc_s[3] * cs;
+    src.kind = p.cache_kind;
+    v_bad[sh] = v_rows_nonfinite(src, 0, p.seq_lens[s], D);
+  }
 #pragma omp parallel
   {
     Workspace w = alloc_workspace<Ops>(D);
@@ -432,7 +529,8 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
       src.vb_s = p.vc_s[0] * cs; src.vo_s = p.vc_s[1] * cs; src.v_ds = p.vc_s[3] * cs;
       src.kind = p.cache_kind;
       src.fp8_lut = fp8_lut;
-      attend<V, Ops>(rs, src, D, qk_scale, p.softcap, alibi, w);
+      attend<V, Ops>(rs, src, D, qk_scale, p.softcap, alibi,
+                     v_bad == nullptr || v_bad[s * p.heads_kv + item.hk] != 0, w);
       int r = 0;
       for (int64_t t = 0; t < item.nt; ++t)
         for (int64_t g = 0; g < item.ng; ++g, ++r) {
@@ -448,6 +546,7 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
     }
     std::free(w.base);
   }
+  std::free(v_bad);
 }
 
 }  // namespace

@@ -74,8 +74,26 @@ def attention_math(q, k, v, causal, softmax_scale, window_left, window_right, so
     visible, d = visibility(sq, sk, causal, window_left, window_right, q.device)
     s = _scores(q, _expand_kv(k, hq), softmax_scale, softcap, alibi_slopes, d, ct)
     p, lse = _softmax_with_lse(s, visible)
-    out = torch.einsum("bhqk,bkhd->bqhd", p, _expand_kv(v, hq).to(ct))
-    return out, lse
+    return _visible_pv(p, _expand_kv(v, hq).to(ct), visible), lse
+
+
+def _visible_pv(p, v, visible):
+    """P V [B, Sq, H, D] over each row's visible keys only. P is 0 on masked keys, but 0 * NaN
+    (or inf) is NaN: a V row a query cannot see (the causal future, a padded cache row) must
+    contribute nothing at all. Non-finite V values of visible keys propagate as the sums
+    would: NaN -> NaN, +-inf -> +-inf, both infinities -> NaN."""
+    finite = torch.isfinite(v)
+    if bool(finite.all()):
+        return torch.einsum("bhqk,bkhd->bqhd", p, v)
+    out = torch.einsum("bhqk,bkhd->bqhd", p, torch.where(finite, v, torch.zeros((), dtype=v.dtype, device=v.device)))
+    vis = visible.to(v.dtype)
+
+    def seen(mask):   # whether a visible key holds such a value, per output element
+        return torch.einsum("qk,bkhd->bqhd", vis, mask.to(v.dtype)) > 0
+    pos_inf, neg_inf, nan = seen(v == float("inf")), seen(v == float("-inf")), seen(v.isnan())
+    out = torch.where(pos_inf, float("inf"), out)
+    out = torch.where(neg_inf, float("-inf"), out)
+    return torch.where(nan | (pos_inf & neg_inf), float("nan"), out)
 
 
 def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
@@ -113,7 +131,8 @@ def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_le
         s = s - slopes[:, :, None, None] * d.abs().to(ct)[None, None]
     p, _ = _softmax_with_lse(s, visible)
     dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
-    dp = torch.einsum("bqhd,bkhd->bhqk", do, vf)
+    # masked keys' dP is 0, not dO . V (a non-finite V row a query cannot see stays out)
+    dp = torch.einsum("bqhd,bkhd->bhqk", do, vf).masked_fill(~visible, 0.0)
     ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
     if dlse is not None:
         ds = ds + p * dlse.to(ct)[..., None]

@@ -19,6 +19,8 @@ Measured on torch 2.13 (CPU), and what this module does about each:
     error**: refused.
   * Sq == 0 or Sk == 0 kills the process (SIGFPE): empty problems are answered here.
   * Not expressible: softcap, ALiBi, sliding windows (only "no window" and plain causal).
+  * Masked keys are multiplied by P = 0, so NaN / inf in a V row a query cannot see reaches
+    its output (0 * NaN): causal calls with non-finite V take the reference's formulas.
 
 Backward: ``aten::_scaled_dot_product_flash_attention_for_cpu_backward(grad_out, q, k, v, out,
 logsumexp, dropout_p, is_causal, *, attn_mask, scale) -> (dq, dk, dv)``, same layouts. Measured
@@ -108,6 +110,13 @@ def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap
     if q.numel() == 0 or sk == 0:          # the kernel divides by zero on empty sequences
         return (torch.zeros(b, sq, hq, d, dtype=q.dtype, device=q.device),
                 torch.full((b, hq, sq), float("-inf"), dtype=torch.float32, device=q.device))
+    if causal and not bool(torch.isfinite(v.sum(dtype=torch.float32))):
+        # the kernel adds 0 * V for masked keys, so a NaN / inf V row that a query cannot see
+        # would reach its output (measured): such calls take the reference's formulas. A sum
+        # over V decides (any NaN / inf makes it non-finite; one pass, no mask tensor; a
+        # finite V whose sum overflows only takes the slower exact path); causal calls only,
+        # the others mask nothing.
+        return attention_ref.attention(q, k, v, causal, softmax_scale, -1, -1, 0.0, None)
     if not causal or sq == sk:
         return _flash(q, k, v, causal, None, softmax_scale)
     if sq < sk:

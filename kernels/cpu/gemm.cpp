@@ -442,6 +442,7 @@ bool small_m(const GemmArgs& g) {
     else if (isa >= Isa::AVX512) small_f32_avx512(s, n0, n1);
     else small_f32_avx2(s, n0, n1);
   }
+  tl_a_buf.release_above();
   return true;
 }
 }  // namespace
@@ -515,6 +516,7 @@ void gemm(const GemmArgs& g) {
       }
     }
   }
+  tl_a_buf.release_above();  // the packed A of a huge GEMM is not kept (scratch_buffer.h)
 }
 
 }  // namespace pk::cpu::gemm

@@ -6,9 +6,13 @@
 
 namespace pk::cpu {
 
-// Grow-only, 64-byte aligned. Kernels keep one per thread (thread_local) and reuse it across
-// calls, so large GEMMs do not pay page faults on freshly mapped memory every time. It is
-// never shrunk: the high-water mark of a thread stays allocated until the thread exits.
+// 64-byte aligned. Kernels keep one per thread (thread_local) and reuse it across calls, so
+// GEMMs do not pay page faults on freshly mapped memory every time. Bounded: a call that needed
+// more than kKeepBytes gives it back at its end (release_above), so one huge GEMM does not
+// leave its packed copy resident in every thread that ever called one (a 4096^2 fp32 A is
+// 64 MB; torch keeps ~8 MB). Re-mapping that much costs a few ms against a GEMM of seconds.
+constexpr size_t kKeepBytes = size_t(16) << 20;
+
 struct ScratchBuffer {
   void* p = nullptr;
   size_t cap = 0;
@@ -27,6 +31,13 @@ struct ScratchBuffer {
       }
     }
     return p;
+  }
+  void release_above(size_t keep = kKeepBytes) {
+    if (cap > keep) {
+      std::free(p);
+      p = nullptr;
+      cap = 0;
+    }
   }
 };
 

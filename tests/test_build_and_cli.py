@@ -288,3 +288,11 @@ def test_missing_prebuilt_extension_is_explained_at_first_use():
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
     assert "this install has no prebuilt C++ extension (a pure wheel" in proc.stderr
     assert "pip install --no-build-isolation ." in proc.stderr
+
+
+def test_the_test_extras_are_installed():
+    """tests/test_properties.py skips itself without hypothesis (the GPU machine runs `-m gpu`
+    with no extras); everywhere the full suite runs, README's command installs '.[test]', so
+    a missing hypothesis here is an install problem, not a reason to skip the fuzzing."""
+    import importlib.util
+    assert importlib.util.find_spec("hypothesis") is not None, "pip install -e '.[test]'"

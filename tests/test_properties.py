@@ -21,9 +21,13 @@ import os
 import pytest
 import torch
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+# A test extra (pyproject [test], installed by README's test command, so CI always has it).
+# The GPU machine runs `pytest -m gpu` without network or extras: there this CPU-only module
+# is skipped rather than breaking the collection of the GPU tests.
+hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install '.[test]')")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from polykernels.dispatch import registry
+from polykernels.dispatch import registry  # noqa: E402
 
 settings.register_profile("ci", max_examples=120, derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -70,8 +74,10 @@ def check_close(got: torch.Tensor, want: torch.Tensor, base_err: float, dtype, l
     assert err <= tol, f"{label}: max error {err:.3g} > tolerance {tol:.3g} (torch's own {base_err:.3g})"
 
 
-def check_op(op: str, args: tuple, outputs=lambda r: r if isinstance(r, tuple) else (r,)):
-    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+def check_op(op: str, args: tuple, outputs=lambda r: r if isinstance(r, tuple) else (r,),
+             dtype: torch.dtype | None = None):
+    """dtype: the one that sets the tolerance floor (default: the first floating argument's)."""
+    dtype = dtype or next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
     want = outputs(reference(op, f64(args)))
     same_dtype = outputs(reference(op, args))
     impls = cpu_impls(op, args)
@@ -222,3 +228,56 @@ def test_write_kv_cache(case):
         impl.fn(k, v, *caches, slots, *scales)
         for got, want in zip(caches, ref_caches):
             assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), impl.label
+
+
+@st.composite
+def quantized_cases(draw):
+    group = draw(st.sampled_from([-1, 16, 32, 64]))
+    k = draw(st.sampled_from([16, 32, 64, 128])) if group == -1 else group * draw(st.integers(1, 3))
+    m, n, bits = draw(st.integers(1, 20)), draw(st.integers(1, 24)), draw(st.sampled_from([4, 8]))
+    dtype = draw(st.sampled_from(DTYPES))
+    from polykernels import quantize_weight
+    qweight, scales, zeros = quantize_weight(torch.randn(n, k).to(dtype), bits=bits, group_size=group,
+                                             symmetric=draw(st.booleans()))
+    x = _tensor((m, k), dtype, draw(st.booleans()))
+    bias = torch.randn(n).to(dtype) if draw(st.booleans()) else None
+    return x, qweight, scales, zeros, bits, group, bias
+
+
+@given(quantized_cases())
+def test_quantized_linear(args):
+    check_op("quantized_linear", args)
+
+
+@st.composite
+def grouped_cases(draw):
+    e, k, n = draw(st.integers(1, 4)), draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    sizes = draw(st.lists(st.integers(0, 9), min_size=e, max_size=e))
+    dtype = draw(st.sampled_from(DTYPES))
+    x = torch.randn(sum(sizes), k).to(dtype)
+    return x, torch.randn(e, k, n).to(dtype), torch.tensor(sizes, dtype=torch.int32)
+
+
+@given(grouped_cases())
+def test_grouped_matmul(args):
+    check_op("grouped_matmul", args)
+
+
+@st.composite
+def scaled_cases(draw):
+    m, k, n = draw(st.integers(1, 20)), draw(st.integers(1, 48)), draw(st.integers(1, 20))
+    fmt = draw(st.sampled_from([torch.int8, torch.float8_e4m3fn]))
+    per = draw(st.sampled_from(["tensor", "row"]))
+    from polykernels import quantize_fp8, quantize_int8
+    quant = quantize_int8 if fmt == torch.int8 else (lambda t, p: quantize_fp8(t, p, fmt))
+    a, sa = quant(torch.randn(m, k), per)
+    bt, sb = quant(torch.randn(n, k), per)
+    out_dtype = draw(st.sampled_from([torch.bfloat16, torch.float32]))
+    bias = torch.randn(n).to(out_dtype) if draw(st.booleans()) else None
+    return bt.t() if draw(st.booleans()) else bt.t().contiguous(), a, sa, sb.reshape(-1), bias, out_dtype
+
+
+@given(scaled_cases())
+def test_scaled_matmul(case):
+    b, a, sa, sb, bias, out_dtype = case
+    check_op("scaled_matmul", (a, b, sa, sb, bias, out_dtype), dtype=out_dtype)

@@ -653,3 +653,16 @@ def test_gpu_matmul_and_int8():
     check(got, ref.scaled_matmul(qa, qb, sa, sb, None, torch.float64),
           _scaled_baseline(qa, qb, sa, sb, None, torch.float32), "cuda int8 scaled_matmul")
     assert math.isfinite(got.sum().item())
+
+
+@pytest.mark.parametrize("offset", [1, 2, 4, 8])
+def test_int8_weight_only_with_a_misaligned_bf16_view(offset):
+    """torch's _weight_int8pack_mm crashed the process on bf16 activations not 16-byte
+    aligned (found by tests/test_properties.py); the provider copies such an x."""
+    from polykernels.torch_provider import quantized as tq
+    qw, s, z = pk.quantize_weight(torch.randn(24, 32).to(torch.bfloat16), bits=8, group_size=-1)
+    x = torch.randn(3, 64).to(torch.bfloat16)[:1, offset:offset + 32]
+    assert tq.quantized_linear_supports(x, qw, s, z, 8, -1, None) is None
+    got = tq.quantized_linear(x, qw, s, z, 8, -1, None)
+    want = pk.reference.quantized_linear(x, qw, s, z, 8, -1, None)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)

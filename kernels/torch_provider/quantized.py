@@ -14,7 +14,9 @@ Kernels (torch 2.13, CPU):
     one scale per output channel and no zero point: our symmetric codes u map to
     w = u - 128; grouped or asymmetric int8 is refused. Its bf16 path gives wrong results
     (NaN / garbage) or crashes for K % 8 != 0 (measured on an AVX2 CPU), so bf16 pads K to a
-    multiple of 8 with zero weights (and x with zero columns: one copy of x per call).
+    multiple of 8 with zero weights (and x with zero columns: one copy of x per call). It
+    also crashes (SIGSEGV) on bf16 x whose data is not 16-byte aligned (a view at an odd
+    offset): such an x is copied first.
   * Both want x 2-D and contiguous and scales in x's dtype: a wider scale dtype than x's would
     be rounded, so it is refused.
 
@@ -128,6 +130,10 @@ def quantized_linear(x, qweight, scales, zeros, bits, group_size, bias):
     else:
         if prep.weight.shape[1] != k:
             x2 = F.pad(x2, (0, prep.weight.shape[1] - k))
+        elif x2.dtype == torch.bfloat16 and x2.data_ptr() % 16:
+            # the kernel crashes the process (SIGSEGV) on bf16 activations not 16-byte aligned
+            # (a view at an odd offset; found by tests/test_properties.py): a fresh copy is
+            x2 = x2.clone()
         y = torch.ops.aten._weight_int8pack_mm(x2, prep.weight, prep.scales_t)
     if bias is not None:
         y = (y.to(torch.float32) + bias).to(x.dtype)

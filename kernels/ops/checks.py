@@ -204,16 +204,26 @@ def paged_values(block_table, seq_lens, q_len: int, num_blocks: int, block_size:
 def slot_values(slot_mapping, num_slots: int) -> None:
     """Slots in [-1, num_slots), and no slot twice: two tokens written to one row would race
     (an fp8 cache could keep half of each), so duplicates are refused by every impl that can
-    read the slots (GPU kernels trust them: docs/dispatch.md)."""
-    if slot_mapping.numel():
-        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
-        if lo < -1 or hi >= num_slots:
-            raise InvalidInputError(f"slot_mapping: expected values in [-1, {num_slots}) (-1 = padding), got min {lo}, max {hi}")
-        used = slot_mapping[slot_mapping >= 0]
-        unique, counts = torch.unique(used, return_counts=True)
-        if unique.numel() != used.numel():
-            raise InvalidInputError(f"slot_mapping: slot {int(unique[counts > 1][0])} appears more than "
-                                    f"once (each token needs a slot of its own)")
+    read the slots (GPU kernels trust them: docs/dispatch.md). Decode-sized mappings are
+    checked on a Python list (a few us); long ones with torch ops."""
+    n = slot_mapping.numel()
+    if not n:
+        return
+    if n <= 1024:
+        vals = slot_mapping.tolist()
+        lo, hi = min(vals), max(vals)
+        used = [x for x in vals if x >= 0]
+        duplicated = len(set(used)) != len(used)
+    else:
+        lo, hi = (int(x) for x in torch.aminmax(slot_mapping))
+        used_t = slot_mapping[slot_mapping >= 0]
+        duplicated = torch.unique(used_t).numel() != used_t.numel()
+    if lo < -1 or hi >= num_slots:
+        raise InvalidInputError(f"slot_mapping: expected values in [-1, {num_slots}) (-1 = padding), got min {lo}, max {hi}")
+    if duplicated:
+        unique, counts = torch.unique(slot_mapping[slot_mapping >= 0], return_counts=True)
+        raise InvalidInputError(f"slot_mapping: slot {int(unique[counts > 1][0])} appears more than "
+                                f"once (each token needs a slot of its own)")
 
 
 def group_size_values(group_sizes, rows: int) -> None:
@@ -285,24 +295,29 @@ def no_aliasing(written: dict, read: dict) -> None:
     another argument: what the op reads would change under it, and impls would disagree.
     Exact for tensors whose elements fill a byte range (any dim order, as torch's own overlap
     check); layouts that interleave (e.g. k and v caches split from one [blocks, 2, ...]
-    tensor) are left alone, as torch leaves them."""
-    tensors = {name: t for name, t in {**written, **read}.items() if t is not None}
-    if torch.compiler.is_compiling() or any(type(t) is not torch.Tensor or t.device.type == "meta"
-                                            for t in tensors.values()):
-        return   # no memory to compare (traced / fake tensors): the op's kernel checks at run time
-    spans = {name: _dense_span(t) for name, t in tensors.items() if t.numel()}
-    names = list(spans)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if a not in written and b not in written:
-                continue
-            ta, tb = (written.get(n, read.get(n)) for n in (a, b))
-            same = ta is tb or (ta.data_ptr() == tb.data_ptr() and ta.stride() == tb.stride())
-            sa, sb = spans[a], spans[b]
-            overlap = sa is not None and sb is not None and sa[0] < sb[1] and sb[0] < sa[1]
-            if ta.device == tb.device and (same or overlap):
-                raise ValueError(f"{b}: expected memory of its own, but it shares memory with {a} "
-                                 f"(the op writes into {a if a in written else b})")
+    tensor) are left alone, as torch leaves them. Cheap when nothing is shared (every call of
+    write_kv_cache runs it): only tensors on one storage are compared element-range-wise."""
+    if torch.compiler.is_compiling():
+        return   # no memory to compare while tracing: the op's kernel checks at run time
+    by_storage: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in (*written.items(), *read.items()):
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor or t.device.type == "meta":
+            return   # traced / fake tensors: no memory to compare
+        if t.numel():
+            by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append((name, t))
+    for group in by_storage.values():
+        for i, (a, ta) in enumerate(group):
+            for b, tb in group[i + 1:]:
+                if a not in written and b not in written:
+                    continue
+                sa, sb = _dense_span(ta), _dense_span(tb)
+                same = ta.data_ptr() == tb.data_ptr() and ta.stride() == tb.stride()
+                overlap = sa is not None and sb is not None and sa[0] < sb[1] and sb[0] < sa[1]
+                if same or overlap:
+                    raise ValueError(f"{b}: expected memory of its own, but it shares memory with "
+                                     f"{a} (the op writes into {a if a in written else b})")
 
 
 def _dense_span(t: torch.Tensor) -> tuple[int, int] | None:

@@ -174,8 +174,9 @@ def merge_cases(draw):
     dtype = draw(st.sampled_from(DTYPES))
     out_a, out_b = torch.randn(b, s, h, d).to(dtype), torch.randn(b, s, h, d).to(dtype)
     lse_a, lse_b = torch.randn(b, h, s) * 3, torch.randn(b, h, s) * 3
-    for lse in (lse_a, lse_b):   # empty partial states (lse -inf), some on both sides
-        lse[torch.rand(b, h, s) < draw(st.sampled_from([0.0, 0.3]))] = float("-inf")
+    for lse in (lse_a, lse_b):   # empty partial states (lse -inf or +inf), some on both sides
+        empty = draw(st.sampled_from([float("-inf"), float("inf")]))
+        lse[torch.rand(b, h, s) < draw(st.sampled_from([0.0, 0.3]))] = empty
     return out_a, lse_a, out_b, lse_b
 
 

@@ -2,6 +2,8 @@
 //   lse = log(exp(lse_a) + exp(lse_b)),  out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse)
 // computed with the max subtracted first so it never overflows. A side whose lse is -inf
 // (no visible key) contributes nothing; both -inf gives out 0 and lse -inf (never NaN).
+// lse +inf also marks an empty state (FlashAttention-2 writes it for a zero-length
+// sequence; vLLM's convention): it is read as -inf.
 //
 // The element type is a template parameter so the inner loop over head_dim has no per-element
 // dtype switch and the compiler can vectorise it (measured: the switch version ran at ~3 GB/s
@@ -15,6 +17,10 @@
 
 namespace pk::cpu {
 namespace {
+
+inline float empty_if_pos_inf(float lse) {
+  return lse == std::numeric_limits<float>::infinity() ? -std::numeric_limits<float>::infinity() : lse;
+}
 
 struct F32 {
   using T = float;
@@ -47,8 +53,8 @@ void merge(const MergeStatesArgs& a) {
     const int64_t h = idx % a.heads;
     const int64_t r = (idx / a.heads) % a.rows;
     const int64_t o = idx / (a.heads * a.rows);
-    const float la = a.lse_a[o * a.la_s[0] + h * a.la_s[1] + r * a.la_s[2]];
-    const float lb = a.lse_b[o * a.lb_s[0] + h * a.lb_s[1] + r * a.lb_s[2]];
+    const float la = empty_if_pos_inf(a.lse_a[o * a.la_s[0] + h * a.la_s[1] + r * a.la_s[2]]);
+    const float lb = empty_if_pos_inf(a.lse_b[o * a.lb_s[0] + h * a.lb_s[1] + r * a.lb_s[2]]);
     const float m = std::fmax(la, lb);
     float wa = 0.f, wb = 0.f, lse = -std::numeric_limits<float>::infinity();
     if (m != -std::numeric_limits<float>::infinity()) {

@@ -74,9 +74,10 @@ def merge_attention_states(out_a, lse_a, out_b, lse_b):
     """Combine two partial attentions over disjoint key sets into the attention over their union.
 
     out_* [..., S, H, D], lse_* fp32 [..., H, S]. A side with lse -inf contributes nothing;
-    both -inf gives out 0 and lse -inf."""
+    both -inf gives out 0 and lse -inf. lse +inf marks an empty side too (FlashAttention-2
+    writes it for a zero-length sequence; vLLM's convention)."""
     ct = torch.float64 if out_a.dtype == torch.float64 else torch.float32
-    la, lb = lse_a.to(ct), lse_b.to(ct)
+    la, lb = (torch.where(l == float("inf"), float("-inf"), l.to(ct)) for l in (lse_a, lse_b))
     m = torch.maximum(la, lb)
     m_safe = torch.where(torch.isinf(m) & (m < 0), torch.zeros_like(m), m)
     ea, eb = torch.exp(la - m_safe), torch.exp(lb - m_safe)

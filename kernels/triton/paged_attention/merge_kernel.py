@@ -74,6 +74,10 @@ def merge_two_kernel(
 
     la = tl.load(LA + b * s_la_b + h * s_la_h + r * s_la_r)
     lb = tl.load(LB + b * s_lb_b + h * s_lb_h + r * s_lb_r)
+    # lse +inf also marks an empty state (FlashAttention-2 writes it for a zero-length
+    # sequence; vLLM's convention): read as -inf
+    la = tl.where(la == float("inf"), float("-inf"), la)
+    lb = tl.where(lb == float("inf"), float("-inf"), lb)
     m = tl.maximum(la, lb)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     wa = tl.exp2((la - m_safe) * 1.4426950408889634)

@@ -21,4 +21,13 @@ inline int float_kind(const at::Tensor& t, const char* name) {
   return -1;
 }
 
+// Optional attention sinks: a contiguous fp32 [heads_q] on the CPU, or nullptr.
+inline const float* sinks_ptr(const c10::optional<at::Tensor>& sinks, int64_t heads_q) {
+  if (!sinks.has_value()) return nullptr;
+  const at::Tensor& t = *sinks;
+  PK_CHECK_ARG(t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == heads_q && t.is_contiguous() &&
+                   t.device().is_cpu(), "sinks", "expected a contiguous CPU float32 [", heads_q, "]");
+  return t.data_ptr<float>();
+}
+
 }  // namespace pk

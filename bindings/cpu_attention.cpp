@@ -59,7 +59,8 @@ std::tuple<at::Tensor, at::Tensor> cpu_attention_fwd(const at::Tensor& q, const 
                                                      int64_t window_right, double softcap,
                                                      const c10::optional<at::Tensor>& alibi_slopes,
                                                      const c10::optional<at::Tensor>& out_,
-                                                     const c10::optional<at::Tensor>& lse_) {
+                                                     const c10::optional<at::Tensor>& lse_,
+                                                     const c10::optional<at::Tensor>& sinks) {
   check_qkv(q, k, v, 4);
   PK_CHECK_ARG(k.size(0) == q.size(0), "k", "expected batch ", q.size(0));
   const int64_t B = q.size(0), Sq = q.size(1), Hq = q.size(2), D = q.size(3);
@@ -79,6 +80,7 @@ std::tuple<at::Tensor, at::Tensor> cpu_attention_fwd(const at::Tensor& q, const 
   for (int i = 0; i < 3; ++i) a.lse_s[i] = lse.stride(i);
   common(a, causal, softmax_scale, window_left, window_right, softcap);
   fill_alibi(a, alibi_slopes, B, Hq);
+  a.sinks = pk::sinks_ptr(sinks, Hq);
   pk::cpu::attn::attention_fwd(a);
   return {out, lse};
 }
@@ -87,7 +89,8 @@ std::tuple<at::Tensor, at::Tensor> cpu_varlen_attention_fwd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
     const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool causal, double softmax_scale,
     int64_t window_left, int64_t window_right, double softcap, const c10::optional<at::Tensor>& alibi_slopes,
-    const c10::optional<at::Tensor>& out_, const c10::optional<at::Tensor>& lse_) {
+    const c10::optional<at::Tensor>& out_, const c10::optional<at::Tensor>& lse_,
+    const c10::optional<at::Tensor>& sinks) {
   check_qkv(q, k, v, 3);
   for (const auto& [t, name] : {std::pair{&cu_seqlens_q, "cu_seqlens_q"}, std::pair{&cu_seqlens_k, "cu_seqlens_k"}}) {
     PK_CHECK_ARG(t->scalar_type() == at::kInt && t->dim() == 1 && t->is_contiguous() && t->size(0) >= 1, name,
@@ -128,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor> cpu_varlen_attention_fwd(
   a.lse_s[0] = 0; a.lse_s[1] = lse.stride(0); a.lse_s[2] = lse.stride(1);
   common(a, causal, softmax_scale, window_left, window_right, softcap);
   fill_alibi(a, alibi_slopes, B, Hq);
+  a.sinks = pk::sinks_ptr(sinks, Hq);
   pk::cpu::attn::attention_fwd(a);
   return {out, lse};
 }

@@ -11,18 +11,26 @@ TORCH_LIBRARY(polykernels_C, m) {
 
   // --- CPU attention / paged decode (issue 5) ---
   // Forward only (backward runs on the reference). `out` / `lse`, when given, are filled in
-  // place and returned (tests pass NaN-poisoned ones); otherwise they are allocated.
+  // place and returned (tests pass NaN-poisoned ones); otherwise they are allocated. `sinks`:
+  // fp32 [heads_q] attention sinks (last, so positional out / lse keep their places).
   m.def("cpu_attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale, int window_left, "
-        "int window_right, float softcap, Tensor? alibi_slopes, Tensor(a!)? out=None, Tensor(b!)? lse=None) "
-        "-> (Tensor, Tensor)");
+        "int window_right, float softcap, Tensor? alibi_slopes, Tensor(a!)? out=None, Tensor(b!)? lse=None, "
+        "Tensor? sinks=None) -> (Tensor, Tensor)");
   m.def("cpu_varlen_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
         "int max_seqlen_q, int max_seqlen_k, bool causal, float softmax_scale, int window_left, int window_right, "
-        "float softcap, Tensor? alibi_slopes, Tensor(a!)? out=None, Tensor(b!)? lse=None) -> (Tensor, Tensor)");
+        "float softcap, Tensor? alibi_slopes, Tensor(a!)? out=None, Tensor(b!)? lse=None, Tensor? sinks=None) "
+        "-> (Tensor, Tensor)");
   m.def("cpu_paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "float softmax_scale, int window_left, int window_right, float softcap, Tensor? alibi_slopes, "
-        "float k_scale, float v_scale, Tensor(a!)? out=None, Tensor(b!)? lse=None) -> (Tensor, Tensor)");
+        "float k_scale, float v_scale, Tensor? kv_scales=None, Tensor(a!)? out=None, Tensor(b!)? lse=None, "
+        "Tensor? sinks=None) -> (Tensor, Tensor)");
+  m.def("cpu_varlen_paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+        "Tensor seq_lens, Tensor cu_seqlens_q, int max_seqlen_q, float softmax_scale, int window_left, "
+        "int window_right, float softcap, Tensor? alibi_slopes, float k_scale, float v_scale, "
+        "Tensor? kv_scales=None, Tensor(a!)? out=None, Tensor(b!)? lse=None, Tensor? sinks=None) "
+        "-> (Tensor, Tensor)");
   m.def("cpu_write_kv_cache(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping, "
-        "float k_scale, float v_scale) -> ()");
+        "float k_scale, float v_scale, Tensor? kv_scales=None) -> ()");
 
   // --- CPU matmul / quantized linear (issue 5) ---
   m.def("matmul(Tensor a, Tensor b, Tensor? bias=None, str? activation=None, ScalarType? out_dtype=None) -> Tensor");

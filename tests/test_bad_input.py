@@ -43,6 +43,17 @@ def paged_args(**over):
     return tuple(a.values()), kw
 
 
+def varlen_paged_args(**over):
+    a = {"q": torch.randn(4, 4, 8), "k_cache": torch.randn(5, 4, 2, 8),
+         "v_cache": torch.randn(5, 4, 2, 8),
+         "block_table": torch.tensor([[0, 3], [4, 1], [2, 2]], dtype=torch.int32),
+         "seq_lens": torch.tensor([6, 8, 0], dtype=torch.int32),
+         "cu_seqlens_q": torch.tensor([0, 1, 4, 4], dtype=torch.int32)}
+    kw = {k: over.pop(k) for k in list(over) if k not in a}
+    a.update(over)
+    return tuple(a.values()), kw
+
+
 def kv_args(**over):
     a = {"k": torch.randn(3, 2, 8), "v": torch.randn(3, 2, 8),
          "k_cache": torch.randn(4, 5, 2, 8), "v_cache": torch.randn(4, 5, 2, 8),
@@ -98,7 +109,9 @@ def grouped_args(**over):
 
 
 OPS = {"attention": (pk.attention, attn_args), "varlen_attention": (pk.varlen_attention, varlen_args),
-       "paged_attention": (pk.paged_attention, paged_args), "write_kv_cache": (pk.write_kv_cache, kv_args),
+       "paged_attention": (pk.paged_attention, paged_args),
+       "varlen_paged_attention": (pk.varlen_paged_attention, varlen_paged_args),
+       "write_kv_cache": (pk.write_kv_cache, kv_args),
        "merge_attention_states": (pk.merge_attention_states, merge_args),
        "matmul": (pk.matmul, matmul_args), "linear": (pk.linear, linear_args),
        "scaled_matmul": (pk.scaled_matmul, scaled_args),
@@ -149,7 +162,7 @@ CASES = [
     ("paged_attention", dict(block_table=torch.tensor([[0, 5], [4, 1]], dtype=torch.int32)), V, r"^block_table: row 0 uses block ids outside \[0, 5\)"),
     ("paged_attention", dict(block_table=torch.tensor([[0, 3], [-1, 1]], dtype=torch.int32)), V, r"^block_table: row 1"),
     ("paged_attention", dict(seq_lens=torch.tensor([6, 9], dtype=torch.int32)), V, r"^seq_lens: entry 1 is 9"),
-    ("paged_attention", dict(seq_lens=torch.tensor([0, 8], dtype=torch.int32)), V, r"^seq_lens: entry 0"),
+    ("paged_attention", dict(seq_lens=torch.tensor([-1, 8], dtype=torch.int32)), V, r"^seq_lens: entry 0"),
     ("paged_attention", dict(seq_lens=torch.tensor([6], dtype=torch.int32)), V, r"^seq_lens: length"),
     ("paged_attention", dict(k_cache=torch.randn(5, 4, 2, 8, dtype=BF16), v_cache=torch.randn(5, 4, 2, 8, dtype=BF16)), T, r"^k_cache: expected dtype"),
     ("paged_attention", dict(v_cache=torch.randn(5, 4, 2, 7)), V, r"^v_cache: expected shape"),
@@ -157,17 +170,42 @@ CASES = [
     ("paged_attention", dict(k_cache=torch.randn(2, 300, 2, 8), v_cache=torch.randn(2, 300, 2, 8)), V, r"^k_cache: block_size"),
     ("paged_attention", dict(k_cache=torch.randn(5, 4, 3, 8), v_cache=torch.randn(5, 4, 3, 8)), V, r"heads_kv \(3\)"),
     ("paged_attention", dict(k_scale=0.0), V, r"^k_scale"),
-    ("paged_attention", dict(k_scale=torch.ones(2)), T, r"^k_scale: .*tensor of shape \(2,\)"),
+    ("paged_attention", dict(k_scale=torch.ones(3)), V, r"^k_scale: expected .* one scale per KV head \[2\], got a tensor of shape \(3,\)"),
+    ("paged_attention", dict(k_scale=torch.tensor([1.0, -1.0])), V, r"^k_scale: expected finite scales > 0"),
+    ("paged_attention", dict(v_scale=torch.ones(2, dtype=torch.int32)), T, r"^v_scale: expected a floating tensor"),
+    ("paged_attention", dict(v_scale=torch.ones(2, device=META)), V, r"^v_scale: expected device cpu"),
     ("paged_attention", dict(softmax_scale="0.3"), T, r"^softmax_scale: .*got str"),
     ("paged_attention", dict(v_scale=float("inf")), V, r"^v_scale"),
     ("paged_attention", dict(seq_lens=torch.tensor([6, 8], dtype=torch.int32, device=META)), V, r"^seq_lens: expected device"),
     ("paged_attention", dict(window=(0, -3)), V, r"^window"),
+    # sinks (attention sinks: one finite logit per query head, on q's device)
+    ("attention", dict(sinks=torch.zeros(3)), V, r"^sinks: expected shape \[4\]"),
+    ("attention", dict(sinks=torch.zeros(4, dtype=torch.int32)), T, r"^sinks"),
+    ("attention", dict(sinks=torch.tensor([0.0, float("nan"), 0.0, 0.0])), V, r"^sinks: expected finite values"),
+    ("varlen_attention", dict(sinks=torch.zeros(4, device=META)), V, r"^sinks: expected device cpu"),
+    ("paged_attention", dict(sinks=torch.zeros(1, 4)), V, r"^sinks: expected 1 dimension"),
+    ("varlen_paged_attention", dict(sinks=[0.0] * 4), T, r"^sinks"),
+    # varlen_paged_attention (valid call: q_lens 1, 3, 0; seq_lens 6, 8, 0 = a padded slot)
+    ("varlen_paged_attention", dict(q=torch.randn(1, 4, 4, 8)), V, r"^q: expected 3 dimensions"),
+    ("varlen_paged_attention", dict(cu_seqlens_q=torch.tensor([0, 1, 4, 4])), T, r"^cu_seqlens_q"),  # int64
+    ("varlen_paged_attention", dict(cu_seqlens_q=torch.tensor([1, 1, 4, 4], dtype=torch.int32)), V, r"^cu_seqlens_q: expected to start at 0"),
+    ("varlen_paged_attention", dict(cu_seqlens_q=torch.tensor([0, 1, 3, 3], dtype=torch.int32)), V, r"^cu_seqlens_q: .*end at 4"),
+    ("varlen_paged_attention", dict(cu_seqlens_q=torch.tensor([0, 3, 1, 4], dtype=torch.int32)), V, r"^cu_seqlens_q: expected non-decreasing"),
+    ("varlen_paged_attention", dict(cu_seqlens_q=torch.tensor([0, 4], dtype=torch.int32)), V, r"^block_table: rows"),
+    ("varlen_paged_attention", dict(max_seqlen_q=2), V, r"^max_seqlen_q: expected >= the longest query run \(3\)"),
+    ("varlen_paged_attention", dict(max_seqlen_q=2.0), V, r"^max_seqlen_q: expected an int"),
+    ("varlen_paged_attention", dict(seq_lens=torch.tensor([6, 2, 0], dtype=torch.int32)), V, r"^seq_lens: entry 1 is 2; expected q_len \(3\)"),
+    ("varlen_paged_attention", dict(seq_lens=torch.tensor([6, 8], dtype=torch.int32)), V, r"^seq_lens: length"),
+    ("varlen_paged_attention", dict(block_table=torch.tensor([[0, 3], [4, 7], [0, 0]], dtype=torch.int32)), V, r"^block_table: row 1 uses block ids outside"),
+    ("varlen_paged_attention", dict(alibi_slopes=torch.ones(2, 4)), V, r"^alibi_slopes: expected shape \[4\] or \[3, 4\]"),
+    ("varlen_paged_attention", dict(k_scale=-1.0), V, r"^k_scale"),
+    ("varlen_paged_attention", dict(cu_seqlens_q=torch.tensor([0, 1, 4, 4], dtype=torch.int32, device=META)), V, r"^cu_seqlens_q: expected device"),
     # write_kv_cache
     ("write_kv_cache", dict(k_cache=_SHARED_CACHE, v_cache=_SHARED_CACHE), V, r"^v_cache: .*shares memory with k_cache"),
     ("write_kv_cache", dict(k=_CACHE_WITH_K[0, :3], k_cache=_CACHE_WITH_K), V, r"^k: .*shares memory with k_cache"),
     ("write_kv_cache", dict(k_cache=torch.randn(1, 1, 2, 8).expand(4, 5, 2, 8)), V, r"^k_cache: .*stride-0"),
     ("write_kv_cache", dict(k_scale="1.0"), T, r"^k_scale: expected a finite float > 0, got str"),
-    ("write_kv_cache", dict(v_scale=torch.ones(2)), T, r"^v_scale: .*tensor of shape \(2,\)"),
+    ("write_kv_cache", dict(v_scale=torch.ones(1, 2)), V, r"^v_scale: .*got a tensor of shape \(1, 2\)"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, 5, 20])), V, r"^slot_mapping: expected values in \[-1, 20\)"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([0, -2, 3])), V, r"^slot_mapping"),
     ("write_kv_cache", dict(slot_mapping=torch.tensor([7, -1, 7])), V, r"^slot_mapping: slot 7 appears more than once"),
@@ -312,7 +350,12 @@ def _bad_index_cases():
     varlen = (torch.randn(7, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8),
               torch.tensor([0, 5, 3, 7], dtype=torch.int32), torch.tensor([0, 4, 6, 9], dtype=torch.int32))
     grouped = (torch.randn(6, 5), torch.randn(3, 5, 4), torch.tensor([2, 0, 2], dtype=torch.int32))
+    vpaged = (torch.randn(4, 4, 8), torch.randn(5, 4, 2, 8), torch.randn(5, 4, 2, 8),
+              torch.tensor([[0, 3], [4, 1]], dtype=torch.int32), torch.tensor([6, 8], dtype=torch.int32),
+              torch.tensor([0, 3, 1], dtype=torch.int32))  # decreasing offsets
     return {
+        "varlen_paged_attention": (lambda *a: pk.varlen_paged_attention(*a, 3), vpaged,
+                                   vpaged + (3, 0.3, -1, -1, 0.0, None, 1.0, 1.0), r"cu_seqlens_q"),
         "paged_attention": (lambda *a: pk.paged_attention(*a), paged,
                             paged + (0.3, -1, -1, 0.0, None, 1.0, 1.0), r"block_table"),
         "write_kv_cache": (lambda k, v, kc, vc, s: (pk.write_kv_cache(k, v, kc, vc, s), kc.sum())[1], kv,

@@ -17,7 +17,7 @@ from codegen import compile_in_subprocess
 
 TARGET_NAMES = ("sm80", "sm90", "gfx90a", "gfx942")
 KINDS = ("fwd", "bwd_dkdv", "bwd_dq")
-# kind:dtype:head_dim:features ; features = varlen + softcap + alibi variant
+# kind:dtype:head_dim:features ; features = varlen + softcap + alibi (+ sinks, forward) variant
 CASES = [f"{k}:{dt}:{d}:plain:{t}" for t in TARGET_NAMES for k in KINDS for d in (64, 128)
          for dt in ("fp16", "bf16")]
 CASES += [f"fwd:fp16:256:plain:{t}" for t in TARGET_NAMES]
@@ -53,7 +53,8 @@ def _compile_case(case: str, cfg=None) -> dict:
     while block_d < d:
         block_d *= 2
     consts = dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  IS_VARLEN=features, HAS_SOFTCAP=features, HAS_ALIBI=features, DOT_FP32=False,
+                  IS_VARLEN=features, HAS_SOFTCAP=features, HAS_ALIBI=features, HAS_SINKS=features,
+                  DOT_FP32=False,
                   PREC="ieee" if dt == "fp32" else None)
     sig, cx, div16 = {}, {}, []
     for name in kernel.arg_names:
@@ -67,7 +68,7 @@ def _compile_case(case: str, cfg=None) -> dict:
             div16.append(name)
         elif name in ("CU_Q", "CU_K"):
             sig[name] = "*i32"
-        elif name == "ALIBI":
+        elif name in ("ALIBI", "SINKS"):
             sig[name] = "*fp32"
         elif name in ("sm_scale", "softcap"):
             sig[name] = "fp32"

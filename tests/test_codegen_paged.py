@@ -1,4 +1,5 @@
-"""Ahead-of-time codegen of the paged decode kernels for sm80, sm90, gfx90a and gfx942.
+"""Ahead-of-time codegen of the paged attention kernels for sm80, sm90, gfx90a and gfx942
+(uniform q_len and packed varlen queries).
 
 The decode kernel's two dots (QK^T, PV) must become matrix instructions on every target for
 the GQA-packed tile (16+ rows) and nothing may spill. The reduce, merge and write kernels have
@@ -39,11 +40,17 @@ MATRIX = ("wgmma.mma_async", "mma.sync", "v_mfma")
 # decode: (q dtype, cache dtype, head dim, rows = q_len * group, features)
 DECODE = {
     "fp16-D128-rows16": ("fp16", "fp16", 128, 16, {}),
-    "bf16-D128-rows32-window-softcap-alibi": ("bf16", "bf16", 128, 32,
-                                              dict(HAS_WINDOW=True, HAS_SOFTCAP=True, HAS_ALIBI=True)),
+    "bf16-D128-rows32-window-softcap-alibi-sinks": ("bf16", "bf16", 128, 32,
+                                                    dict(HAS_WINDOW=True, HAS_SOFTCAP=True,
+                                                         HAS_ALIBI=True, HAS_SINKS=True)),
     "bf16-D256-rows16": ("bf16", "bf16", 256, 16, {}),
     "fp16-D64-rows64": ("fp16", "fp16", 64, 64, {}),
     "bf16-fp8cache-D128-rows16": ("bf16", "fp8", 128, 16, {}),
+    "bf16-fp8cache-D128-rows16-head-scales": ("bf16", "fp8", 128, 16, dict(HAS_KV_SCALES=True)),
+    # varlen_paged_attention: packed queries (cu_seqlens_q), prefill-sized row tiles
+    "bf16-D128-rows32-varlen": ("bf16", "bf16", 128, 32, dict(VARLEN=True)),
+    "fp16-D64-rows64-varlen-window-alibi": ("fp16", "fp16", 64, 64,
+                                            dict(VARLEN=True, HAS_WINDOW=True, HAS_ALIBI=True)),
 }
 
 
@@ -83,15 +90,16 @@ def _compile_case(case: str) -> dict:
         cd = _fp8(target) if cd == "fp8" else cd
         cfg = cfgs.decode_config(rows, dim, 1 if cd.startswith("fp8") else 2)
         kernel = paged_decode_kernel
-        ptrs = {"Q": qd, "K": cd, "V": cd, "BT": "i32", "SL": "i32", "ALIBI": "fp32", "OUT": qd,
-                "LSE": "fp32"}
+        ptrs = {"Q": qd, "K": cd, "V": cd, "BT": "i32", "SL": "i32", "CU_Q": "i32", "ALIBI": "fp32",
+                "KVS": "fp32", "SINKS": "fp32", "OUT": qd, "LSE": "fp32"}
         consts = dict(BLOCK_M=rows, BLOCK_N=cfg.block_n, BLOCK_D=dim, HAS_WINDOW=False,
-                      HAS_SOFTCAP=False, HAS_ALIBI=False, DOT_FP32=False)
+                      HAS_SOFTCAP=False, HAS_ALIBI=False, DOT_FP32=False, VARLEN=False,
+                      HAS_KV_SCALES=False, HAS_SINKS=False)
         consts.update(feats)
     elif kind == "reduce":
         cfg, kernel = cfgs.reduce_config(), reduce_splits_kernel
-        ptrs = {"PO": "fp32", "PL": "fp32", "OUT": name, "LSE": "fp32"}
-        consts = dict(BLOCK_S=64, BLOCK_D=256)
+        ptrs = {"PO": "fp32", "PL": "fp32", "OUT": name, "LSE": "fp32", "SINKS": "fp32"}
+        consts = dict(BLOCK_S=64, BLOCK_D=256, HAS_SINKS=True)
     elif kind == "merge":
         cfg, kernel = cfgs.reduce_config(), merge_two_kernel
         ptrs = {"OA": name, "OB": name, "OUT": name, "LA": "fp32", "LB": "fp32", "LSE": "fp32"}
@@ -99,9 +107,9 @@ def _compile_case(case: str) -> dict:
     else:
         cache = _fp8(target) if name == "fp8" else name
         cfg, kernel = cfgs.write_config(), write_kv_kernel
-        ptrs = {"K": "bf16", "V": "bf16", "KC": cache, "VC": cache, "SLOT": "i64"}
+        ptrs = {"K": "bf16", "V": "bf16", "KC": cache, "VC": cache, "SLOT": "i64", "KVS": "fp32"}
         consts = dict(BLOCK_H=8, BLOCK_D=128, QUANT=name == "fp8", ROUND_FP8=False,
-                      FP8_MIN_EXP=-7 if cache == "fp8e4b8" else -6)
+                      FP8_MIN_EXP=-7 if cache == "fp8e4b8" else -6, HAS_KV_SCALES=name == "fp8")
     # Unit head-dim strides become constexpr 1, as the JIT specialises them for the usual
     # contiguous last dim: that is what makes the gathered K/V loads vector loads.
     consts.update({a: 1 for a in kernel.arg_names if a in UNIT_STRIDES})

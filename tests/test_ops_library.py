@@ -82,6 +82,9 @@ def op_cases():
           4, 5, True, 0.3, -1, -1, 0.0, None, torch.randn_like(vlse))),
         ("paged_attention", ops.paged_attention.default,
          (pq, kc, vc, table, lens, 0.3, -1, -1, 0.0, None, 1.0, 1.0)),
+        ("varlen_paged_attention", ops.varlen_paged_attention.default,
+         (torch.randn(5, 4, 8), kc, vc, table, lens, torch.tensor([0, 4, 5], dtype=torch.int32), 4,
+          0.3, -1, -1, 0.0, None, 1.0, 1.0)),
         ("write_kv_cache", ops.write_kv_cache.default,
          (torch.randn(3, 2, 8), torch.randn(3, 2, 8), kc.clone(), vc.clone(),
           torch.tensor([5, -1, 17]), 1.0, 1.0)),
@@ -105,7 +108,8 @@ def op_cases():
 
 CASES = op_cases()
 ALL_OPS = {"attention", "attention_backward", "varlen_attention", "varlen_attention_backward",
-           "paged_attention", "write_kv_cache", "merge_attention_states", "matmul", "linear",
+           "paged_attention", "varlen_paged_attention", "write_kv_cache", "merge_attention_states",
+           "matmul", "linear",
            "scaled_matmul", "quantized_linear", "grouped_matmul"}
 
 
@@ -217,6 +221,9 @@ def _public_calls():
                              (vq, vk, vv, cu_q, cu_k)),
         "paged_attention": (lambda *a: pk.paged_attention(*a, return_lse=True),
                             (pq, kc, vc, table, lens)),
+        "varlen_paged_attention": (lambda q, kc, vc, t, sl, cq: pk.varlen_paged_attention(
+            q, kc, vc, t, sl, cq, 4, window=(5, -1), return_lse=True),
+            (torch.randn(5, 4, 8), kc, vc, table, lens, torch.tensor([0, 4, 5], dtype=torch.int32))),
         "merge_attention_states": (pk.merge_attention_states, (o1, l1, o2, l2)),
         "matmul": (lambda a, b, bias: pk.matmul(a, b, bias=bias, activation="relu"),
                    (torch.randn(2, 5, 6), torch.randn(6, 3), torch.randn(3))),

@@ -69,7 +69,7 @@ def run_paged(args):
     q = args[0]
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"))
-    C().cpu_paged_attention(*args, out, lse)
+    C().cpu_paged_attention(*args, out=out, lse=lse)
     return out, lse
 
 

@@ -146,12 +146,17 @@ def paged_cases(draw):
     seqs, q_len = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     bs, hk, group = draw(st.sampled_from([1, 3, 4, 16])), draw(st.integers(1, 2)), draw(st.sampled_from([1, 4]))
     d, dtype = draw(st.sampled_from([8, 40, 64])), draw(st.sampled_from(DTYPES))
-    lens = draw(st.lists(st.integers(q_len, 30), min_size=seqs, max_size=seqs))
-    per_seq = max((n + bs - 1) // bs for n in lens)
+    # seq_len 0 is a padded slot (rows give 0 / -inf); otherwise it holds the q_len new tokens
+    lens = draw(st.lists(st.one_of(st.integers(q_len, 30), st.just(0)), min_size=seqs, max_size=seqs))
+    per_seq = max(1, max((n + bs - 1) // bs for n in lens))
     nb = seqs * per_seq + 2
     fp8 = draw(st.booleans()) and dtype != torch.float16
     kc, vc = torch.randn(nb, bs, hk, d), torch.randn(nb, bs, hk, d)
     scales = (draw(st.sampled_from([0.5, 1.0, 2.0])), draw(st.sampled_from([0.5, 1.0])))
+    kv_scales = None
+    if fp8 and draw(st.booleans()):   # per-KV-head scales [2, hk] (row 0 keys, row 1 values)
+        kv_scales = torch.rand(2, hk) * 2 + 0.1
+        kc, vc = kc / kv_scales[0].view(1, 1, hk, 1), vc / kv_scales[1].view(1, 1, hk, 1)
     if fp8:
         kc, vc = (kc / scales[0]).to(torch.float8_e4m3fn), (vc / scales[1]).to(torch.float8_e4m3fn)
     else:
@@ -160,12 +165,32 @@ def paged_cases(draw):
     q = torch.randn(seqs, q_len, hk * group, d).to(dtype)
     wl, wr = draw(windows)
     return (q, kc, vc, table, torch.tensor(lens, dtype=torch.int32), draw(st.floats(0.05, 1.0)),
-            wl, wr, draw(st.sampled_from([0.0, 5.0])), None, *scales)
+            wl, wr, draw(st.sampled_from([0.0, 5.0])), None, *scales, kv_scales)
 
 
 @given(paged_cases())
 def test_paged_attention(args):
     check_op("paged_attention", args)
+
+
+@st.composite
+def varlen_paged_cases(draw):
+    """The uniform paged case's cache and table, with packed queries: any q_len per sequence
+    (0 included; up to 20, past one row tile) and padded slots."""
+    q, kc, vc, table, _, scale, wl, wr, softcap, _, k_scale, v_scale, kv_scales = draw(paged_cases())
+    seqs, hq, d, cap = q.shape[0], q.shape[2], q.shape[3], table.shape[1] * kc.shape[1]
+    lq = draw(st.lists(st.integers(0, min(20, cap)), min_size=seqs, max_size=seqs))
+    lens = [draw(st.one_of(st.integers(n, cap), st.just(0))) for n in lq]
+    cu = torch.tensor([0] + torch.tensor(lq).cumsum(0).tolist(), dtype=torch.int32)
+    q = _tensor((sum(lq), hq, d), q.dtype, draw(st.booleans()))
+    alibi = torch.rand(seqs, hq) if draw(st.booleans()) else None
+    return (q, kc, vc, table, torch.tensor(lens, dtype=torch.int32), cu, max(lq), scale, wl, wr,
+            softcap, alibi, k_scale, v_scale, kv_scales)
+
+
+@given(varlen_paged_cases())
+def test_varlen_paged_attention(args):
+    check_op("varlen_paged_attention", args)
 
 
 @st.composite
@@ -213,7 +238,9 @@ def write_cases(draw):
     slots[torch.rand(t) < 0.2] = -1                 # padding tokens
     k, v = torch.randn(t, hk, d).to(dtype), torch.randn(t, hk, d).to(dtype)
     scales = (draw(st.sampled_from([0.5, 1.0, 3.0])), 1.0) if cache_dtype != dtype else (1.0, 1.0)
-    return k, v, nb, bs, cache_dtype, slots, scales
+    # fp8: sometimes per-KV-head factors [2, hk] of the scales as well
+    kv_scales = torch.rand(2, hk) * 3 + 0.05 if cache_dtype != dtype and draw(st.booleans()) else None
+    return k, v, nb, bs, cache_dtype, slots, (*scales, kv_scales)
 
 
 @given(write_cases())

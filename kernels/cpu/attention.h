@@ -5,6 +5,8 @@
 // s = softcap * tanh(s / softcap); ALiBi: s -= slope * |d|; visible iff -right <= d <= left
 // (-1 = unbounded; causal forces right = 0); out = softmax(s over visible) @ v; lse = log of
 // the softmax denominator (natural log); a row with no visible key gives out 0, lse -inf.
+// Sinks (optional, one logit per query head): e^sink joins each row's denominator as a key
+// with no value (lse includes it; a row with no visible key gives out 0, lse = sink).
 // GQA: query head h reads key/value head h / (heads_q / heads_kv), never copied.
 #pragma once
 #include <cstdint>
@@ -31,6 +33,7 @@ struct AttnParams {
   int64_t window_left, window_right;
   const float* alibi;           // slope of (b, h) = alibi[b * alibi_bs + h * alibi_hs], or null
   int64_t alibi_bs, alibi_hs;
+  const float* sinks;           // [heads_q] contiguous fp32, or null
 };
 
 // Runs on the ISA path pk::cpu::active_isa() selects; OpenMP over sequences x KV heads x query

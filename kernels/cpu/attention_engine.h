@@ -285,12 +285,21 @@ void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float s
 
 // Normalised output row r (times out_mul) into dst of `kind`, and its lse.
 inline void finalize_row(const Workspace& w, int r, int64_t D, float out_mul, char* dst, int64_t ds_elems,
-                         int kind, float* lse) {
-  const float l = w.l[r];
-  const float inv = l > 0.f ? out_mul / l : 0.f;
+                         int kind, float* lse, float sink = kNegInf) {
+  float l = w.l[r], m = w.m[r], inv = 0.f;
+  if (sink != kNegInf) {
+    // the sink is one more term of the denominator: rescale both to max(m, sink)
+    const float mx = l > 0.f && m > sink ? m : sink;
+    const float a = l > 0.f ? std::exp(m - mx) : 0.f;
+    l = l * a + std::exp(sink - mx);
+    inv = out_mul * a / l;
+    m = mx;
+  } else {
+    inv = l > 0.f ? out_mul / l : 0.f;
+  }
   const float* o = w.o + r * w.dp;
   for (int64_t d = 0; d < D; ++d) store_from_float(dst, d * ds_elems, o[d] * inv, kind);
-  if (lse != nullptr) *lse = l > 0.f ? w.m[r] + std::log(l) : kNegInf;
+  if (lse != nullptr) *lse = l > 0.f ? m + std::log(l) : kNegInf;
 }
 
 // ---- generic fp32 Ops: any element kind converted to fp32 while packing ----
@@ -451,7 +460,7 @@ void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_item
           const int64_t tok = qt0 + item.t0 + t, h = item.hk * group + item.g0 + g;
           char* dst = static_cast<char*>(p.out) + (b * p.o_s[0] + tok * p.o_s[1] + h * p.o_s[2]) * es;
           float* lse = p.lse + b * p.lse_s[0] + h * p.lse_s[1] + tok * p.lse_s[2];
-          finalize_row(w, r, D, 1.f, dst, p.o_s[3], p.kind, lse);
+          finalize_row(w, r, D, 1.f, dst, p.o_s[3], p.kind, lse, p.sinks != nullptr ? p.sinks[h] : kNegInf);
         }
     }
     std::free(w.base);
@@ -460,8 +469,8 @@ void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_item
 }
 
 // Paged items: with one split the result goes straight to out/lse; with several, each split
-// writes its normalised partial output and lse to part_o [split][seq][token][head][D] and
-// part_lse (same order, no D), merged afterwards.
+// writes its normalised partial output and lse to part_o [split][token][head][D] (tokens in
+// PagedParams::row_base order) and part_lse (same order, no D), merged afterwards.
 template <class V, class Ops>
 void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_items, int64_t n_splits,
                      float* part_o, float* part_lse, const float* fp8_lut) {
@@ -469,10 +478,12 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
   const int64_t group = p.heads_q / p.heads_kv;
   const int qs = elem_bytes(p.q_kind), cs = elem_bytes(p.cache_kind);
   const bool alibi = p.alibi != nullptr;
-  // fp8 values are dequantised exactly; their scales are applied to scores and output.
+  // fp8 values are dequantised exactly; their scales (per tensor, times per KV head when
+  // given) are applied to scores and output.
   const bool fp8 = p.cache_kind == kFP8E4M3;
-  const float qk_scale = p.scale * (fp8 ? p.k_scale : 1.f);
-  const float out_mul = fp8 ? p.v_scale : 1.f;
+  auto head_scale = [&](int row, int64_t hk) {
+    return p.kv_scales != nullptr ? p.kv_scales[row * p.kvs_s[0] + hk * p.kvs_s[1]] : 1.f;
+  };
   // one pass over each sequence's V per KV head: does it hold NaN / inf (see attend)?
   uint8_t* v_bad = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(p.num_seqs * p.heads_kv) + 1, 1));
 #pragma omp parallel for schedule(dynamic, 1) if (v_bad != nullptr)
@@ -494,7 +505,9 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
     for (int64_t it = 0; it < n_items; ++it) {
       const PagedItem& item = items[it];
       const int64_t s = item.seq;
-      const int64_t sk = p.seq_lens[s], sq = p.q_len;
+      const float qk_scale = p.scale * (fp8 ? p.k_scale * head_scale(0, item.hk) : 1.f);
+      const float out_mul = fp8 ? p.v_scale * head_scale(1, item.hk) : 1.f;
+      const int64_t sk = p.seq_lens[s], sq = p.q_count(s), qt0 = p.q_begin(s);
       RowSet rs;
       rs.q_ds = p.q_s[3] * qs;
       rs.q_kind = p.q_kind;
@@ -503,8 +516,8 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
         for (int64_t g = 0; g < item.ng; ++g) {
           const int r = rs.n++;
           const int64_t tok = item.t0 + t, h = item.hk * group + item.g0 + g;
-          rs.q[r] = static_cast<const char*>(p.q) + (s * p.q_s[0] + tok * p.q_s[1] + h * p.q_s[2]) * qs;
-          rs.pos[r] = tok + sk - sq;
+          rs.q[r] = static_cast<const char*>(p.q) + (s * p.q_s[0] + (qt0 + tok) * p.q_s[1] + h * p.q_s[2]) * qs;
+          rs.pos[r] = tok + sk - sq;  // negative for a padded slot (seq_len 0): nothing visible
           rs.slope[r] = alibi ? p.alibi[s * p.alibi_bs + h * p.alibi_hs] : 0.f;
           visible_range(rs.pos[r], sk, true, p.window_left, p.window_right, &rs.lo[r], &rs.hi[r]);
           if (rs.lo[r] < rs.hi[r]) { kbeg = imin(kbeg, rs.lo[r]); kend = imax(kend, rs.hi[r]); }
@@ -536,10 +549,13 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
         for (int64_t g = 0; g < item.ng; ++g, ++r) {
           const int64_t tok = item.t0 + t, h = item.hk * group + item.g0 + g;
           if (n_splits == 1) {
-            char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + tok * p.o_s[1] + h * p.o_s[2]) * qs;
-            finalize_row(w, r, D, out_mul, dst, p.o_s[3], p.q_kind, p.lse + s * p.lse_s[0] + h * p.lse_s[1] + tok * p.lse_s[2]);
+            char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + (qt0 + tok) * p.o_s[1] + h * p.o_s[2]) * qs;
+            finalize_row(w, r, D, out_mul, dst, p.o_s[3], p.q_kind,
+                         p.lse + s * p.lse_s[0] + h * p.lse_s[1] + (qt0 + tok) * p.lse_s[2],
+                         p.sinks != nullptr ? p.sinks[h] : kNegInf);
           } else {
-            const int64_t idx = ((item.split * p.num_seqs + s) * sq + tok) * p.heads_q + h;
+            // partials exclude the sink; the merge adds it once
+            const int64_t idx = (item.split * p.total_tokens() + p.row_base(s) + tok) * p.heads_q + h;
             finalize_row(w, r, D, out_mul, reinterpret_cast<char*>(part_o + idx * D), 1, kF32, part_lse + idx);
           }
         }

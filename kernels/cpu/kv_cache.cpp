@@ -79,7 +79,8 @@ void write_kv_cache(const WriteKvParams& p) {
       const char* src = static_cast<const char*>(side ? p.v : p.k);
       const int64_t* s_s = side ? p.v_s : p.k_s;
       const int64_t* c_s = side ? p.vc_s : p.kc_s;
-      const float scale = side ? p.v_scale : p.k_scale;
+      const float scale = (side ? p.v_scale : p.k_scale) *
+                          (p.kv_scales != nullptr ? p.kv_scales[side * p.kvs_s[0] + h * p.kvs_s[1]] : 1.f);
       char* dst = static_cast<char*>(side ? p.v_cache : p.k_cache) +
                   (blk * c_s[0] + off * c_s[1] + h * c_s[2]) * cs;
       src += (t * s_s[0] + h * s_s[1]) * ss;

@@ -22,6 +22,8 @@ struct WriteKvParams {
   int64_t k_s[3], v_s[3];             // [token, head, dim], elements
   int64_t kc_s[4], vc_s[4];           // [block, offset, head, dim], elements
   float k_scale, v_scale;             // fp8 caches store value / scale
+  const float* kv_scales;             // optional [2][heads] per-head factors of k/v_scale (strides kvs_s)
+  int64_t kvs_s[2];
 };
 
 void write_kv_cache(const WriteKvParams& p);

@@ -28,8 +28,9 @@ void paged_attention_fwd(const PagedParams& p) {
   const int64_t nt = 64 / ng;
   int64_t max_len = 0;
   for (int64_t s = 0; s < p.num_seqs; ++s) max_len = p.seq_lens[s] > max_len ? p.seq_lens[s] : max_len;
-  const int64_t row_chunks = ((p.q_len + nt - 1) / nt) * ((group + ng - 1) / ng);
-  const int64_t base_items = p.num_seqs * p.heads_kv * row_chunks;
+  const int64_t head_chunks = (group + ng - 1) / ng;
+  int64_t base_items = 0;
+  for (int64_t s = 0; s < p.num_seqs; ++s) base_items += p.heads_kv * ((p.q_count(s) + nt - 1) / nt) * head_chunks;
   if (base_items == 0) return;
   int64_t n_splits = (kTargetItems + base_items - 1) / base_items;
   const int64_t cap = max_len / kMinKeysPerSplit > 1 ? max_len / kMinKeysPerSplit : 1;
@@ -40,14 +41,13 @@ void paged_attention_fwd(const PagedParams& p) {
   // Splits of one row set are adjacent so the dynamic schedule spreads long sequences.
   for (int64_t s = 0; s < p.num_seqs; ++s)
     for (int64_t hk = 0; hk < p.heads_kv; ++hk)
-      for (int64_t t0 = 0; t0 < p.q_len; t0 += nt)
+      for (int64_t t0 = 0, sq = p.q_count(s); t0 < sq; t0 += nt)
         for (int64_t g0 = 0; g0 < group; g0 += ng)
           for (int64_t sp = 0; sp < n_splits; ++sp)
-            items.push_back({s, hk, g0, ng < group - g0 ? ng : group - g0, t0,
-                             nt < p.q_len - t0 ? nt : p.q_len - t0, sp});
+            items.push_back({s, hk, g0, ng < group - g0 ? ng : group - g0, t0, nt < sq - t0 ? nt : sq - t0, sp});
 
   std::vector<float> part_o, part_lse;
-  const int64_t rows = p.num_seqs * p.q_len * p.heads_q;
+  const int64_t rows = p.total_tokens() * p.heads_q;  // partials: [split][token (row_base order)][head]
   if (n_splits > 1) {
     part_o.resize(static_cast<size_t>(n_splits * rows * p.head_dim));
     part_lse.resize(static_cast<size_t>(n_splits * rows));
@@ -75,8 +75,11 @@ void paged_attention_fwd(const PagedParams& p) {
   const float ninf = -std::numeric_limits<float>::infinity();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t h = row % p.heads_q, tok = (row / p.heads_q) % p.q_len, s = row / (p.heads_q * p.q_len);
-    float m = ninf;
+    const int64_t h = row % p.heads_q, gtok = row / p.heads_q;
+    const int64_t s = p.cu_q ? 0 : gtok / p.q_len, tok = p.cu_q ? gtok : gtok % p.q_len;  // packed: seq strides are 0
+    // the sink (if any) joins the merge as one more state with out 0
+    const float sink = p.sinks != nullptr ? p.sinks[h] : ninf;
+    float m = sink;
     for (int64_t sp = 0; sp < n_splits; ++sp) m = std::fmax(m, part_lse[sp * rows + row]);
     char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + tok * p.o_s[1] + h * p.o_s[2]) * qs;
     float* lse = p.lse + s * p.lse_s[0] + h * p.lse_s[1] + tok * p.lse_s[2];
@@ -85,7 +88,7 @@ void paged_attention_fwd(const PagedParams& p) {
       *lse = ninf;
       continue;
     }
-    float wsum = 0.f;
+    float wsum = sink == ninf ? 0.f : std::exp(sink - m);
     float wts[64];
     for (int64_t sp = 0; sp < n_splits; ++sp) {
       const float l = part_lse[sp * rows + row];

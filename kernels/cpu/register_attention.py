@@ -1,5 +1,6 @@
 """Registers the C++ CPU attention kernels (impl "cpp", backend "cpu", priority 100):
-``attention``, ``varlen_attention``, ``paged_attention`` and ``write_kv_cache`` (forward only;
+``attention``, ``varlen_attention``, ``paged_attention``, ``varlen_paged_attention`` and
+``write_kv_cache`` (forward only;
 the backward ops stay on the reference).
 
 The kernels (kernels/cpu/attention*.cpp, paged_attention.cpp, kv_cache.cpp) pick their ISA
@@ -25,29 +26,49 @@ def _ops():
     return torch.ops.polykernels_C
 
 
-def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
+def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+              sinks=None):
     return _ops().cpu_attention_fwd(q, k, v, bool(causal), float(softmax_scale), int(window_left),
-                                    int(window_right), float(softcap), alibi_slopes)
+                                    int(window_right), float(softcap), alibi_slopes,
+                                    sinks=_contiguous(sinks))
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                     softmax_scale, window_left, window_right, softcap, alibi_slopes):
+                     softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks=None):
     return _ops().cpu_varlen_attention_fwd(q, k, v, cu_seqlens_q.contiguous(),
                                            cu_seqlens_k.contiguous(), int(max_seqlen_q),
                                            int(max_seqlen_k), bool(causal), float(softmax_scale),
                                            int(window_left), int(window_right), float(softcap),
-                                           alibi_slopes)
+                                           alibi_slopes, sinks=_contiguous(sinks))
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
-                    window_right, softcap, alibi_slopes, k_scale, v_scale):
+                    window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales=None,
+                    sinks=None):
     return _ops().cpu_paged_attention(q, k_cache, v_cache, block_table, seq_lens.contiguous(),
                                       float(softmax_scale), int(window_left), int(window_right),
-                                      float(softcap), alibi_slopes, float(k_scale), float(v_scale))
+                                      float(softcap), alibi_slopes, float(k_scale), float(v_scale),
+                                      kv_scales, sinks=_contiguous(sinks))
 
 
-def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
-    _ops().cpu_write_kv_cache(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale))
+def varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+                           softmax_scale, window_left, window_right, softcap, alibi_slopes, k_scale,
+                           v_scale, kv_scales=None, sinks=None):
+    return _ops().cpu_varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens.contiguous(),
+                                             cu_seqlens_q.contiguous(), int(max_seqlen_q),
+                                             float(softmax_scale), int(window_left),
+                                             int(window_right), float(softcap), alibi_slopes,
+                                             float(k_scale), float(v_scale), kv_scales,
+                                             sinks=_contiguous(sinks))
+
+
+def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_scales=None):
+    _ops().cpu_write_kv_cache(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale),
+                              kv_scales)
 
 
 def _extension_reason(op_name: str):
@@ -60,7 +81,7 @@ def _extension_reason(op_name: str):
     return None
 
 
-def _common(tensors, q, v_dim, alibi_slopes, op_name):
+def _common(tensors, q, v_dim, alibi_slopes, op_name, sinks=None):
     reason = _extension_reason(op_name)
     if reason:
         return reason
@@ -72,30 +93,33 @@ def _common(tensors, q, v_dim, alibi_slopes, op_name):
         return f"value head_dim {v_dim} != query head_dim {q.shape[-1]}"
     if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
         return f"alibi_slopes dtype {alibi_slopes.dtype} (float32 expected)"
+    if sinks is not None and (sinks.dtype != torch.float32 or sinks.device.type != "cpu"):
+        return f"sinks must be float32 on the CPU (got {sinks.dtype} on {sinks.device})"
     return None
 
 
 def _attention_supports(q, k, v, causal, softmax_scale, window_left, window_right, softcap,
-                        alibi_slopes):
-    reason = _common((q, k, v), q, v.shape[-1], alibi_slopes, "cpu_attention_fwd")
+                        alibi_slopes, sinks=None):
+    reason = _common((q, k, v), q, v.shape[-1], alibi_slopes, "cpu_attention_fwd", sinks)
     if reason is None and (k.dtype != q.dtype or v.dtype != q.dtype):
         reason = f"mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}"
     return reason
 
 
 def _varlen_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                     softmax_scale, window_left, window_right, softcap, alibi_slopes):
+                     softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks=None):
     reason = _attention_supports(q, k, v, causal, softmax_scale, window_left, window_right,
-                                 softcap, alibi_slopes)
+                                 softcap, alibi_slopes, sinks)
     if reason is None and (cu_seqlens_q.dtype != torch.int32 or cu_seqlens_k.dtype != torch.int32):
         reason = "cu_seqlens must be int32"
     return reason
 
 
 def _paged_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
-                    window_right, softcap, alibi_slopes, k_scale, v_scale):
-    reason = _common((q, k_cache, v_cache, block_table, seq_lens), q, v_cache.shape[-1],
-                     alibi_slopes, "cpu_paged_attention")
+                    window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales=None,
+                    sinks=None, op_name="cpu_paged_attention"):
+    reason = _common(tuple(t for t in (q, k_cache, v_cache, block_table, seq_lens, kv_scales)
+                           if t is not None), q, v_cache.shape[-1], alibi_slopes, op_name, sinks)
     if reason:
         return reason
     if k_cache.dtype not in (q.dtype, _FP8) or v_cache.dtype != k_cache.dtype:
@@ -105,11 +129,21 @@ def _paged_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
     return None
 
 
-def _write_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+def _varlen_paged_supports(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+                           *rest):
+    reason = _paged_supports(q, k_cache, v_cache, block_table, seq_lens, *rest,
+                             op_name="cpu_varlen_paged_attention")
+    if reason is None and cu_seqlens_q.device.type != "cpu":
+        reason = "cu_seqlens_q is not on the CPU"
+    return reason
+
+
+def _write_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_scales=None):
     reason = _extension_reason("cpu_write_kv_cache")
     if reason:
         return reason
-    if any(t.device.type != "cpu" for t in (k, v, k_cache, v_cache, slot_mapping)):
+    if any(t is not None and t.device.type != "cpu"
+           for t in (k, v, k_cache, v_cache, slot_mapping, kv_scales)):
         return "tensors are not on the CPU"
     if k.dtype not in _FLOATS or v.dtype != k.dtype:
         return f"k/v dtype {k.dtype}/{v.dtype} not supported (float32, bfloat16, float16)"
@@ -127,5 +161,7 @@ def register() -> None:
                   supports=_varlen_supports, priority=100)
     register_impl("paged_attention", "cpp", backends="cpu", fn=paged_attention,
                   supports=_paged_supports, priority=100)
+    register_impl("varlen_paged_attention", "cpp", backends="cpu", fn=varlen_paged_attention,
+                  supports=_varlen_paged_supports, priority=100)
     register_impl("write_kv_cache", "cpp", backends="cpu", fn=write_kv_cache,
                   supports=_write_supports, priority=100)

@@ -20,8 +20,10 @@ def _row_aligned(t: torch.Tensor) -> bool:
 
 
 def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale,
-                             window_left, window_right, softcap, alibi_slopes, k_scale, v_scale):
-    """None when the CUDA kernel handles these arguments, else why not."""
+                             window_left, window_right, softcap, alibi_slopes, k_scale, v_scale,
+                             kv_scales=None):
+    """None when the CUDA kernel handles these arguments, else why not. (kv_scales only
+    exist for fp8 caches, which it refuses.)"""
     from .. import _extension
 
     reason = _extension.unavailable_reason()
@@ -52,7 +54,8 @@ def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
-                    window_right, softcap, alibi_slopes, k_scale, v_scale, *, num_splits=None):
+                    window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales=None, *,
+                    num_splits=None):
     """Internal paged_attention signature; ``num_splits`` forces the KV split count (tests).
     k_scale / v_scale only apply to fp8 caches, which this kernel refuses."""
     if num_splits is None:

@@ -166,20 +166,21 @@ class Registry:
 
         ``supports(*args)`` gets the op's internal arguments and returns None or a reason.
         ``interpretable`` (default: name == "triton") lets the impl run on CPU tensors under
-        TRITON_INTERPRET=1.
+        TRITON_INTERPRET=1. An impl written for an older signature of the op (fewer trailing
+        optional arguments, e.g. before ``sinks``) keeps working: see ``_fit_to_op``.
         """
         if isinstance(backends, str):
             backends = (backends,)
         if interpretable is None:
             interpretable = name == "triton"
+        fn, supports = _fit_to_op(op, fn, supports or (lambda *a: None))
         with self._lock:
             lst = list(self.impls.get(op, []))   # copy on write: readers iterate a snapshot
             for b in backends:
                 if b not in self.backends:
                     raise ValueError(f"backend: {b!r} is not registered (known: {sorted(self.backends)})")
                 lst = [i for i in lst if not (i.name == name and i.backend == b)]
-                lst.append(Impl(op, name, b, fn, supports or (lambda *a: None), priority,
-                                interpretable))
+                lst.append(Impl(op, name, b, fn, supports, priority, interpretable))
             self.impls[op] = lst
             self._cache.clear()
 
@@ -485,6 +486,48 @@ class Registry:
 
 
 # -- call keys ---------------------------------------------------------------------------------
+def _positional_capacity(fn: Callable) -> int | None:
+    """How many positional arguments fn takes (None: any number, or not inspectable)."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    n = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n
+
+
+def _fit_to_op(op: str, fn: Callable, supports: Callable) -> tuple[Callable, Callable]:
+    """Ops gain trailing optional arguments over time (kv_scales, sinks). An impl registered
+    with fewer parameters than the op now passes (a plugin written for an older signature)
+    gets the arguments it knows; a call that sets one it does not know (not None) is refused
+    by its supports(), naming the argument, so it never silently ignores it."""
+    defined = getattr(getattr(torch.ops, "polykernels", None), op, None)
+    if defined is None or not hasattr(defined, "default"):
+        return fn, supports
+    names = [a.name for a in defined.default._schema.arguments]
+    n = _positional_capacity(fn)
+    if n is None or n >= len(names):
+        return fn, supports
+    newer = names[n:]
+
+    def fitted_supports(*args):
+        for name, a in zip(newer, args[n:]):
+            if a is not None:
+                return f"impl takes the op's first {n} arguments; it cannot handle {name}"
+        return supports(*args[:n])
+
+    def fitted_fn(*args):
+        return fn(*args[:n])
+
+    return fitted_fn, fitted_supports
+
+
 def _size_class(n: int) -> int:
     return n if n <= 256 else 1 << (n - 1).bit_length()
 

@@ -119,6 +119,40 @@ def cache_scale(value, name: str) -> float:
     return out
 
 
+def kv_cache_scales(k_scale, v_scale, k_cache: torch.Tensor) -> tuple[float, float, torch.Tensor | None]:
+    """k_scale / v_scale of the paged ops and write_kv_cache: each a float, a one-element
+    tensor, or a tensor of one scale per KV head [heads_kv] (vLLM passes tensors). Returns the
+    op's (k_scale, v_scale, kv_scales): floats stay floats (kv_scales None); with any tensor,
+    kv_scales is fp32 [2, heads_kv] (row 0 keys, row 1 values) on the cache's device and the
+    floats are 1.0, so a GPU scale is never read on the host (no sync). Only fp8 caches use
+    scales; for others they are checked, then dropped. Values are checked (finite, > 0)
+    where check_values() allows."""
+    if not isinstance(k_scale, torch.Tensor) and not isinstance(v_scale, torch.Tensor):
+        return cache_scale(k_scale, "k_scale"), cache_scale(v_scale, "v_scale"), None
+    heads_kv = k_cache.shape[2]
+    rows = []
+    for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not isinstance(x, torch.Tensor):
+            rows.append(torch.full((heads_kv,), cache_scale(x, name), dtype=torch.float32,
+                                   device=k_cache.device))
+            continue
+        if not x.is_floating_point() or x.dtype in FP8_DTYPES:
+            raise TypeError(f"{name}: expected a floating tensor, got dtype {x.dtype}")
+        if x.dim() > 1 or x.numel() not in (1, heads_kv):
+            raise ValueError(f"{name}: expected a float, a one-element tensor or one scale per KV "
+                             f"head [{heads_kv}], got a tensor of shape {tuple(x.shape)}")
+        if x.device != k_cache.device:
+            raise ValueError(f"{name}: expected device {k_cache.device} (that of k_cache), got {x.device}")
+        if check_values(x):
+            bad = ~(torch.isfinite(x) & (x > 0))
+            if bool(bad.any()):
+                raise InvalidInputError(f"{name}: expected finite scales > 0, got {x.tolist()}")
+        rows.append(x.reshape(-1).to(torch.float32).expand(heads_kv))
+    if k_cache.dtype not in FP8_DTYPES:
+        return 1.0, 1.0, None
+    return 1.0, 1.0, torch.stack(rows)
+
+
 def qkv(q, k, v, *, seq_dims: int) -> None:
     """q [..., Sq, Hq, D], k/v [..., Sk, Hkv, D]; seq_dims = 4 (batched) or 3 (varlen)."""
     layout = "[batch, seqlen, heads, head_dim]" if seq_dims == 4 else "[total_tokens, heads, head_dim]"
@@ -142,6 +176,20 @@ def heads(hq: int, hkv: int, d: int) -> None:
         raise ValueError(f"k: heads_kv ({hkv}) must divide heads_q ({hq}) (GQA/MQA: heads_q % heads_kv == 0)")
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"q: head_dim must be in [1, {MAX_HEAD_DIM}], got {d}")
+
+
+def sinks(sinks, q: torch.Tensor, hq: int):
+    """Attention sinks: a floating tensor [heads_q] on q's device (one logit per query head);
+    returned as float32 (a differentiable conversion), or None."""
+    if sinks is None:
+        return None
+    tensor(sinks, "sinks", ndim=1, dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    same_device(q, "q", sinks=sinks)
+    if sinks.shape[0] != hq:
+        raise ValueError(f"sinks: expected shape [{hq}] (one logit per query head), got {tuple(sinks.shape)}")
+    if check_values(sinks) and not bool(torch.isfinite(sinks).all()):
+        raise InvalidInputError(f"sinks: expected finite values, got {sinks.tolist()}")
+    return sinks if sinks.dtype == torch.float32 else sinks.to(torch.float32)
 
 
 def alibi(alibi_slopes, q: torch.Tensor, batch: int, hq: int) -> None:
@@ -188,17 +236,40 @@ def cu_seqlens_values(cu_q, cu_k, total_q: int, total_k: int, max_q: int, max_k:
             raise InvalidInputError(f"{mname}: expected >= the longest sequence ({max(lens)}), got {m}")
 
 
-def paged_values(block_table, seq_lens, q_len: int, num_blocks: int, block_size: int) -> None:
+def paged_values(block_table, seq_lens, q_lens, num_blocks: int, block_size: int) -> None:
+    """seq_lens within the table and >= each sequence's q_len (or 0: a padded slot, whose
+    queries see no key), block ids in range. ``q_lens``: one int for all, or a list."""
     lens = seq_lens.tolist()
+    q_lens = q_lens if isinstance(q_lens, list) else [q_lens] * len(lens)
     cap = block_table.shape[1] * block_size
-    for i, n in enumerate(lens):
-        if n < q_len or n > cap:
-            raise InvalidInputError(f"seq_lens: entry {i} is {n}; expected q_len ({q_len}) <= seq_len <= "
-                             f"max_blocks * block_size ({cap})")
+    for i, (n, ql) in enumerate(zip(lens, q_lens)):
+        if n > cap or n < 0 or 0 < n < ql:
+            raise InvalidInputError(f"seq_lens: entry {i} is {n}; expected q_len ({ql}) <= seq_len <= "
+                                    f"max_blocks * block_size ({cap}), or 0 (padding)")
         used = block_table[i, : (n + block_size - 1) // block_size]
         if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
             raise InvalidInputError(f"block_table: row {i} uses block ids outside [0, {num_blocks}) "
                              f"(min {int(used.min())}, max {int(used.max())})")
+
+
+def cu_seqlens_q_values(cu_q, total_q: int, max_q: int) -> list[int]:
+    """cu_seqlens_q: 0 .. total_q, non-decreasing, no length above max_seqlen_q; returns the
+    per-sequence query lengths."""
+    vals = cu_q.tolist()
+    if vals[0] != 0 or vals[-1] != total_q:
+        raise InvalidInputError(f"cu_seqlens_q: expected to start at 0 and end at {total_q} (total tokens), got {vals[0]}..{vals[-1]}")
+    lens = [b - a for a, b in zip(vals, vals[1:])]
+    if min(lens, default=0) < 0:
+        raise InvalidInputError(f"cu_seqlens_q: expected non-decreasing offsets, got {vals}")
+    if max(lens, default=0) > max_q:
+        raise InvalidInputError(f"max_seqlen_q: expected >= the longest query run ({max(lens)}), got {max_q}")
+    return lens
+
+
+def varlen_paged_values(block_table, seq_lens, cu_q, total_q: int, max_q: int, num_blocks: int,
+                        block_size: int) -> None:
+    paged_values(block_table, seq_lens, cu_seqlens_q_values(cu_q, total_q, max_q), num_blocks,
+                 block_size)
 
 
 def slot_values(slot_mapping, num_slots: int) -> None:
@@ -234,8 +305,35 @@ def group_size_values(group_sizes, rows: int) -> None:
 
 
 # -- paged decode ------------------------------------------------------------------------------
-def paged(q, k_cache, v_cache, block_table, seq_lens, k_scale: float, v_scale: float) -> None:
+def paged(q, k_cache, v_cache, block_table, seq_lens) -> None:
     tensor(q, "q", ndim=4, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+    num_seqs, q_len = q.shape[:2]
+    num_blocks, block_size = paged_cache(q, k_cache, v_cache, block_table, seq_lens, num_seqs)
+    if check_values(block_table, seq_lens):
+        paged_values(block_table, seq_lens, q_len, num_blocks, block_size)
+
+
+def varlen_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q) -> None:
+    """q [total_q, heads_q, D] packed by cu_seqlens_q int32 [num_seqs + 1]."""
+    tensor(q, "q", ndim=3, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+    tensor(cu_seqlens_q, "cu_seqlens_q", ndim=1, dtypes=(torch.int32,))
+    same_device(q, "q", cu_seqlens_q=cu_seqlens_q)
+    if cu_seqlens_q.shape[0] < 1:
+        raise ValueError("cu_seqlens_q: expected [num_seqs + 1] entries, got 0")
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    if not isinstance(max_seqlen_q, int) or isinstance(max_seqlen_q, bool) or max_seqlen_q < 0:
+        raise ValueError(f"max_seqlen_q: expected an int >= 0, got {max_seqlen_q!r}")
+    num_blocks, block_size = paged_cache(q, k_cache, v_cache, block_table, seq_lens, num_seqs,
+                                         "cu_seqlens_q")
+    if check_values(block_table, seq_lens, cu_seqlens_q):
+        varlen_paged_values(block_table, seq_lens, cu_seqlens_q, q.shape[0], max_seqlen_q,
+                            num_blocks, block_size)
+
+
+def paged_cache(q, k_cache, v_cache, block_table, seq_lens, num_seqs: int,
+                seqs_from: str = "q") -> tuple[int, int]:
+    """The cache, block table and seq_lens arguments of the paged ops; q [..., heads_q, D]
+    gives dtype, heads and head_dim. Returns (num_blocks, block_size)."""
     tensor(k_cache, "k_cache", ndim=4)
     tensor(v_cache, "v_cache", ndim=4)
     if k_cache.dtype not in (q.dtype,) + FP8_DTYPES:
@@ -246,21 +344,18 @@ def paged(q, k_cache, v_cache, block_table, seq_lens, k_scale: float, v_scale: f
     tensor(block_table, "block_table", ndim=2, dtypes=(torch.int32,))
     tensor(seq_lens, "seq_lens", ndim=1, dtypes=(torch.int32,))
     same_device(q, "q", k_cache=k_cache, v_cache=v_cache, block_table=block_table, seq_lens=seq_lens)
-    num_seqs, q_len, hq, d = q.shape
+    hq, d = q.shape[-2:]
     num_blocks, block_size, hkv, dk = k_cache.shape
     dim_equal(dk, d, "k_cache: head_dim (must match q)")
     heads(hq, hkv, d)
     if not 1 <= block_size <= 256:
         raise ValueError(f"k_cache: block_size (dim 1) must be in [1, 256], got {block_size}")
-    dim_equal(block_table.shape[0], num_seqs, "block_table: rows (num_seqs, from q)")
-    dim_equal(seq_lens.shape[0], num_seqs, "seq_lens: length (num_seqs, from q)")
-    cache_scale(k_scale, "k_scale")
-    cache_scale(v_scale, "v_scale")
-    if check_values(block_table, seq_lens):
-        paged_values(block_table, seq_lens, q_len, num_blocks, block_size)
+    dim_equal(block_table.shape[0], num_seqs, f"block_table: rows (num_seqs, from {seqs_from})")
+    dim_equal(seq_lens.shape[0], num_seqs, f"seq_lens: length (num_seqs, from {seqs_from})")
+    return num_blocks, block_size
 
 
-def kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale: float, v_scale: float) -> None:
+def kv_write(k, v, k_cache, v_cache, slot_mapping) -> None:
     tensor(k, "k", ndim=3, dtypes=(torch.float16, torch.bfloat16, torch.float32))
     tensor(v, "v", ndim=3)
     same_dtype(k, "k", v=v)
@@ -279,8 +374,6 @@ def kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale: float, v_scale: floa
         raise ValueError(f"k_cache: expected [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}] "
                          f"(heads and head_dim of k), got {tuple(k_cache.shape)}")
     dim_equal(slot_mapping.shape[0], k.shape[0], "slot_mapping: length (num_tokens, from k)")
-    cache_scale(k_scale, "k_scale")
-    cache_scale(v_scale, "v_scale")
     no_aliasing(dict(k_cache=k_cache, v_cache=v_cache), dict(k=k, v=v, slot_mapping=slot_mapping))
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if any(st == 0 and n > 1 for st, n in zip(c.stride(), c.shape)):

@@ -4,12 +4,14 @@ from __future__ import annotations
 from .attention import attention_args, varlen_attention_args
 from .matmul import (grouped_matmul_args, linear_args, matmul_args, quantized_linear_args,
                      scaled_matmul_args)
-from .paged import merge_attention_states_args, paged_attention_args, write_kv_cache_args
+from .paged import (merge_attention_states_args, paged_attention_args,
+                    varlen_paged_attention_args, write_kv_cache_args)
 
 ARGS = {
     "attention": attention_args,
     "varlen_attention": varlen_attention_args,
     "paged_attention": paged_attention_args,
+    "varlen_paged_attention": varlen_paged_attention_args,
     "write_kv_cache": write_kv_cache_args,
     "merge_attention_states": merge_attention_states_args,
     "matmul": matmul_args,

@@ -1,4 +1,4 @@
-"""pk.paged_attention, pk.write_kv_cache, pk.merge_attention_states (inference only, no autograd).
+"""pk.paged_attention, pk.varlen_paged_attention, pk.write_kv_cache, pk.merge_attention_states (inference only, no autograd).
 
 Layouts and semantics: reference/paged_ref.py. Each is also ``torch.ops.polykernels.<name>``.
 """
@@ -17,9 +17,12 @@ from . import checks
 @define("paged_attention")
 def _paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
            softmax_scale: float, window_left: int, window_right: int, softcap: float,
-           alibi_slopes: Optional[Tensor], k_scale: float, v_scale: float) -> tuple[Tensor, Tensor]:
+           alibi_slopes: Optional[Tensor], k_scale: float, v_scale: float,
+           kv_scales: Optional[Tensor] = None, sinks: Optional[Tensor] = None
+           ) -> tuple[Tensor, Tensor]:
     return run("paged_attention", q, k_cache, v_cache, block_table, seq_lens, softmax_scale,
-                    window_left, window_right, softcap, alibi_slopes, k_scale, v_scale)
+               window_left, window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales,
+               sinks)
 
 
 @fake(_paged)
@@ -31,42 +34,113 @@ def _(q, *rest):
 def paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor,
                     seq_lens: Tensor, *, softmax_scale: float | None = None,
                     window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
-                    alibi_slopes: Tensor | None = None, return_lse: bool = False,
-                    k_scale: float = 1.0, v_scale: float = 1.0):
+                    alibi_slopes: Tensor | None = None, sinks: Tensor | None = None,
+                    return_lse: bool = False, k_scale: float | Tensor = 1.0,
+                    v_scale: float | Tensor = 1.0):
     """Decode attention over a paged KV cache.
 
     q [num_seqs, q_len, heads_q, D] (q_len 1 for decode, more for speculative decoding: the
     last q_len positions of each sequence, attending causally); k_cache/v_cache [num_blocks,
     block_size, heads_kv, D] in q's dtype or fp8 e4m3 (real value = stored * k_scale / v_scale);
     block_table int32 [num_seqs, max_blocks]; seq_lens int32 [num_seqs] (tokens including the
-    new ones). Returns out [num_seqs, q_len, heads_q, D] and, with return_lse, lse fp32
+    new ones; 0 marks a padded slot: its rows give 0 and lse -inf). k_scale / v_scale (fp8
+    caches only): floats, one-element tensors or per-KV-head tensors [heads_kv]. sinks
+    [heads_q]: attention sinks (pk.attention's rule). Returns out [num_seqs, q_len, heads_q, D] and, with return_lse, lse fp32
     [num_seqs, heads_q, q_len].
     """
     out, lse = _paged(*paged_attention_args(
         q, k_cache, v_cache, block_table, seq_lens, softmax_scale=softmax_scale, window=window,
-        softcap=softcap, alibi_slopes=alibi_slopes, k_scale=k_scale, v_scale=v_scale))
+        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, k_scale=k_scale, v_scale=v_scale))
     return (out, lse) if return_lse else out
 
 
 def paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, *, softmax_scale=None,
-                         window=(-1, -1), softcap=0.0, alibi_slopes=None, return_lse=False,
-                         k_scale=1.0, v_scale=1.0) -> tuple:
+                         window=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None,
+                         return_lse=False, k_scale=1.0, v_scale=1.0) -> tuple:
     """Validate public arguments; return the op's internal arguments."""
-    k_scale, v_scale = checks.cache_scale(k_scale, "k_scale"), checks.cache_scale(v_scale, "v_scale")
-    checks.paged(q, k_cache, v_cache, block_table, seq_lens, k_scale, v_scale)
+    checks.paged(q, k_cache, v_cache, block_table, seq_lens)
+    k_scale, v_scale, kv_scales = checks.kv_cache_scales(k_scale, v_scale, k_cache)
     wl, wr = checks.window_pair(window)
     scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
     checks.alibi(alibi_slopes, q, q.shape[0], q.shape[2])
+    sinks = checks.sinks(sinks, q, q.shape[2])
     return (q, k_cache, v_cache, block_table, seq_lens, scale, wl, wr, softcap, alibi_slopes,
-            k_scale, v_scale)
+            k_scale, v_scale, kv_scales, sinks)
+
+
+@define("varlen_paged_attention")
+def _varlen_paged(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor,
+                  seq_lens: Tensor, cu_seqlens_q: Tensor, max_seqlen_q: int, softmax_scale: float,
+                  window_left: int, window_right: int, softcap: float,
+                  alibi_slopes: Optional[Tensor], k_scale: float, v_scale: float,
+                  kv_scales: Optional[Tensor] = None, sinks: Optional[Tensor] = None
+                  ) -> tuple[Tensor, Tensor]:
+    return run("varlen_paged_attention", q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+               max_seqlen_q, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+               k_scale, v_scale, kv_scales, sinks)
+
+
+@fake(_varlen_paged)
+def _(q, *rest):
+    t, hq, d = q.shape
+    return q.new_empty(t, hq, d), q.new_empty(hq, t, dtype=torch.float32)
+
+
+def varlen_paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor,
+                           seq_lens: Tensor, cu_seqlens_q: Tensor, max_seqlen_q: int | None = None,
+                           *, softmax_scale: float | None = None,
+                           window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                           alibi_slopes: Tensor | None = None, sinks: Tensor | None = None,
+                           return_lse: bool = False, k_scale: float | Tensor = 1.0,
+                           v_scale: float | Tensor = 1.0):
+    """Packed variable-length queries over a paged KV cache: prefill, chunked prefill,
+    prefix-cached prefill, speculative decode and decode rows in one call.
+
+    q [total_q, heads_q, D]; sequence s owns rows cu_seqlens_q[s]:cu_seqlens_q[s + 1]
+    (cu_seqlens_q int32 [num_seqs + 1], prefix sums of the query lengths, any length >= 0),
+    which are its last q_len_s positions and attend causally to its seq_lens[s] cached tokens
+    (seq_lens counts the new tokens too, so q_len_s <= seq_lens[s]; seq_lens[s] = 0 marks a
+    padded slot whose rows give 0 and lse -inf). Caches, block_table, window, softcap, ALiBi
+    ([heads_q] or [num_seqs, heads_q]) and fp8 scales are those of ``paged_attention``.
+    max_seqlen_q bounds the query lengths (a GPU kernel sizes its grid from it; None reads it
+    from cu_seqlens_q, a host sync). Returns out [total_q, heads_q, D] and, with return_lse,
+    lse fp32 [heads_q, total_q] (varlen_attention's layouts).
+    """
+    out, lse = _varlen_paged(*varlen_paged_attention_args(
+        q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+        softmax_scale=softmax_scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, k_scale=k_scale, v_scale=v_scale))
+    return (out, lse) if return_lse else out
+
+
+def varlen_paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+                                max_seqlen_q=None, *, softmax_scale=None, window=(-1, -1),
+                                softcap=0.0, alibi_slopes=None, sinks=None, return_lse=False,
+                                k_scale=1.0, v_scale=1.0) -> tuple:
+    """Validate public arguments; return the op's internal arguments."""
+    if max_seqlen_q is None:  # read from cu_seqlens_q (a host sync on a GPU; pass it to avoid one)
+        checks.tensor(cu_seqlens_q, "cu_seqlens_q", ndim=1, dtypes=(torch.int32,))
+        checks.same_device(q, "q", cu_seqlens_q=cu_seqlens_q)
+        if torch.compiler.is_compiling() or cu_seqlens_q.device.type == "meta":
+            raise ValueError("max_seqlen_q: required where cu_seqlens_q cannot be read "
+                             "(torch.compile, meta tensors)")
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
+    checks.varlen_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q)
+    k_scale, v_scale, kv_scales = checks.kv_cache_scales(k_scale, v_scale, k_cache)
+    wl, wr = checks.window_pair(window)
+    scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
+    checks.alibi(alibi_slopes, q, seq_lens.shape[0], q.shape[1])
+    sinks = checks.sinks(sinks, q, q.shape[1])
+    return (q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, scale, wl, wr,
+            softcap, alibi_slopes, k_scale, v_scale, kv_scales, sinks)
 
 
 @define("write_kv_cache", mutates_args=("k_cache", "v_cache"))
 def _write_kv(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
-              k_scale: float, v_scale: float) -> None:
+              k_scale: float, v_scale: float, kv_scales: Optional[Tensor] = None) -> None:
     # again here, at run time: a compiled graph's public call could not compare memory
     checks.no_aliasing(dict(k_cache=k_cache, v_cache=v_cache), dict(k=k, v=v, slot_mapping=slot_mapping))
-    run("write_kv_cache", k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    run("write_kv_cache", k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_scales)
 
 
 @fake(_write_kv)
@@ -80,16 +154,17 @@ def write_kv_cache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_
 
     k/v [num_tokens, heads_kv, D]; k_cache/v_cache [num_blocks, block_size, heads_kv, D];
     slot_mapping int32/int64 [num_tokens], slot = block * block_size + offset, -1 = padding
-    (skipped). fp8 caches store value / scale.
+    (skipped). fp8 caches store value / scale; k_scale / v_scale are floats, one-element
+    tensors or per-KV-head tensors [heads_kv].
     """
     _write_kv(*write_kv_cache_args(k, v, k_cache, v_cache, slot_mapping, k_scale=k_scale,
                                    v_scale=v_scale))
 
 
 def write_kv_cache_args(k, v, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):
-    k_scale, v_scale = checks.cache_scale(k_scale, "k_scale"), checks.cache_scale(v_scale, "v_scale")
-    checks.kv_write(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
-    return k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale
+    checks.kv_write(k, v, k_cache, v_cache, slot_mapping)
+    k_scale, v_scale, kv_scales = checks.kv_cache_scales(k_scale, v_scale, k_cache)
+    return k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_scales
 
 
 @define("merge_attention_states")

@@ -13,6 +13,7 @@ OPS = {
     "varlen_attention": attention.varlen_attention,
     "varlen_attention_backward": attention.varlen_attention_backward,
     "paged_attention": paged.paged_attention,
+    "varlen_paged_attention": paged.varlen_paged_attention,
     "write_kv_cache": paged.write_kv_cache,
     "merge_attention_states": paged.merge_attention_states,
     "matmul": matmul.matmul,
@@ -25,6 +26,11 @@ OPS = {
 
 def _paged_guard(q, k_cache, v_cache, block_table, seq_lens, *rest):
     checks.paged_values(block_table, seq_lens, q.shape[1], k_cache.shape[0], k_cache.shape[1])
+
+
+def _varlen_paged_guard(q, k_cache, v_cache, block_table, seq_lens, cu_q, max_q, *rest):
+    checks.varlen_paged_values(block_table, seq_lens, cu_q, q.shape[0], max_q, k_cache.shape[0],
+                               k_cache.shape[1])
 
 
 def _write_guard(k, v, k_cache, v_cache, slot_mapping, *rest):
@@ -49,7 +55,8 @@ def _grouped_guard(x, weights, group_sizes):
 # index causes where the public checks cannot read values (torch.compile; GPUs without
 # POLYKERNELS_CHECK_VALUES=1). So it checks them itself, always, before any work or write (a
 # host sync on a GPU: the reference is the slow last resort anyway).
-GUARDS = {"paged_attention": _paged_guard, "write_kv_cache": _write_guard,
+GUARDS = {"paged_attention": _paged_guard, "varlen_paged_attention": _varlen_paged_guard,
+          "write_kv_cache": _write_guard,
           "varlen_attention": _varlen_guard, "varlen_attention_backward": _varlen_backward_guard,
           "grouped_matmul": _grouped_guard}
 

@@ -44,7 +44,7 @@ def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok
 
 @triton.jit
 def attn_fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K, ALIBI,
+    Q, K, V, O, LSE, CU_Q, CU_K, ALIBI, SINKS,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -54,7 +54,7 @@ def attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    DOT_FP32: tl.constexpr, PREC: tl.constexpr,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     # Last query blocks first: under a causal mask they do the most work, so the long
     # programs start early instead of forming the tail of the launch.
@@ -103,6 +103,14 @@ def attn_fwd_kernel(
                                       window_right, start_n, full_lo, full_hi, m_i, l_i, acc,
                                       HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC)
 
+    if HAS_SINKS:
+        # the head's sink joins the denominator as a key with no value (lse includes it)
+        sink = tl.load(SINKS + h) * LOG2E
+        m_new = tl.maximum(m_i, sink)
+        alpha = tl.exp2(m_i - m_new)   # m_i -inf (nothing visible): 0
+        l_i = l_i * alpha + tl.exp2(sink - m_new)
+        acc = acc * alpha[:, None]
+        m_i = m_new
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / LOG2E)

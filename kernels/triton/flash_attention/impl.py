@@ -51,56 +51,59 @@ def _supports(q, k, v, alibi_slopes, batch_dim) -> str | None:
 
 
 def attention_supports(q, k, v, causal, softmax_scale, window_left, window_right, softcap,
-                       alibi_slopes):
+                       alibi_slopes, sinks=None):
     return _supports(q, k, v, alibi_slopes, q.shape[0])
 
 
 def attention_backward_supports(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
-                                window_right, softcap, alibi_slopes, dlse=None):
+                                window_right, softcap, alibi_slopes, dlse=None, sinks=None):
     return _supports(q, k, v, alibi_slopes, q.shape[0])
 
 
 def varlen_attention_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                               causal, softmax_scale, window_left, window_right, softcap,
-                              alibi_slopes):
+                              alibi_slopes, sinks=None):
     return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel())
 
 
 def varlen_attention_backward_supports(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                        max_seqlen_q, max_seqlen_k, causal, softmax_scale,
                                        window_left, window_right, softcap, alibi_slopes,
-                                       dlse=None):
+                                       dlse=None, sinks=None):
     return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel())
 
 
-def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes):
+def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+              sinks=None):
     """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] (any strides) -> (out [B, Sq, Hq, D], lse fp32 [B, Hq, Sq])."""
     from .launch import forward
     return forward(q, k, v, None, None, 0, 0, causal, softmax_scale, window_left, window_right,
-                   softcap, alibi_slopes)
+                   softcap, alibi_slopes, sinks=sinks)
 
 
 def attention_backward(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
-                       window_right, softcap, alibi_slopes, dlse=None):
+                       window_right, softcap, alibi_slopes, dlse=None, sinks=None):
     """-> (dq, dk, dv) shaped and typed like q, k, v; lse is the forward's fp32 [B, Hq, Sq];
-    dlse (same shape, or None) is the gradient flowing into lse."""
+    dlse (same shape, or None) is the gradient flowing into lse. sinks need no work here: P is
+    recomputed from lse, which includes them."""
     from .launch import backward
     return backward(dout, q, k, v, out, lse, None, None, 0, 0, causal, softmax_scale,
                     window_left, window_right, softcap, alibi_slopes, dlse=dlse)
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                     softmax_scale, window_left, window_right, softcap, alibi_slopes):
+                     softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks=None):
     """q [total_q, Hq, D], k/v [total_k, Hkv, D], cu_seqlens [B + 1]
     -> (out [total_q, Hq, D], lse fp32 [Hq, total_q])."""
     from .launch import forward
     return forward(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                   causal, softmax_scale, window_left, window_right, softcap, alibi_slopes)
+                   causal, softmax_scale, window_left, window_right, softcap, alibi_slopes,
+                   sinks=sinks)
 
 
 def varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                               max_seqlen_k, causal, softmax_scale, window_left, window_right,
-                              softcap, alibi_slopes, dlse=None):
+                              softcap, alibi_slopes, dlse=None, sinks=None):
     """-> (dq, dk, dv) shaped and typed like q, k, v; lse (and dlse) fp32 [Hq, total_q]."""
     from .launch import backward
     return backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),

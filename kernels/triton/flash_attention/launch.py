@@ -92,8 +92,10 @@ def _check_own(name: str, t: torch.Tensor, shape, dtype) -> None:
 
 
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-            window_left, window_right, softcap, alibi_slopes, out=None, lse=None):
-    """Flash attention forward. Dense when ``cu_seqlens_q`` is None.
+            window_left, window_right, softcap, alibi_slopes, out=None, lse=None, sinks=None):
+    """Flash attention forward. Dense when ``cu_seqlens_q`` is None. ``sinks``: fp32 [Hq]
+    attention sinks or None (the backward needs nothing more: it recomputes P from lse,
+    which includes them).
 
     Returns (out like q, lse fp32). ``out``/``lse`` may be preallocated (tests poison them).
     """
@@ -120,21 +122,22 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
         lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     _check_own("out", out, q.shape, q.dtype)
     _check_own("lse", lse, lse_shape, torch.float32)
-    if q.numel() == 0 or max_seqlen_q == 0:
+    if q.numel() == 0 or max_seqlen_q == 0:   # no query rows
         lse.fill_(float("-inf"))
         return out.zero_(), lse
+    sinks = sinks.to(torch.float32).contiguous() if sinks is not None else None
     left, right = effective_window(causal, window_left, window_right)
     alibi, sab, sah = _alibi_args(alibi_slopes, q)
     meta = _common_meta(q, softcap, alibi_slopes)
     features = varlen or softcap > 0.0 or alibi_slopes is not None
-    args = (q, k, v, out, lse, cu_q, cu_k, alibi,
+    args = (q, k, v, out, lse, cu_q, cu_k, alibi, sinks if sinks is not None else lse,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), sab, sah,
             sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
 
     def launch(cfg: KernelConfig):
         grid = (triton.cdiv(max_seqlen_q, cfg.block_m), batch, hq)
         attn_fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, IS_VARLEN=varlen,
-                              **meta, **cfg.launch_options())
+                              HAS_SINKS=sinks is not None, **meta, **cfg.launch_options())
 
     bucket = _bucket(str(q.dtype), d, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
                      alibi_slopes is not None, varlen, group,

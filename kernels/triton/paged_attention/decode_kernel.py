@@ -1,4 +1,7 @@
-"""The paged decode kernel: one program per (sequence, KV head, KV split).
+"""The paged attention kernel: one program per (sequence, KV head x row chunk, KV split).
+
+Serves paged_attention (q_len new tokens per sequence) and varlen_paged_attention (packed
+queries, cu_seqlens_q: any q_len per sequence, decode and prefill rows in one launch).
 
 GQA packing: the ``group = Hq // Hkv`` query heads that share a KV head, times the ``q_len``
 new tokens, form the rows of one tile (row r -> token r // group, head kvh * group + r % group),
@@ -25,7 +28,7 @@ def _tanh(x):
 
 @triton.jit
 def paged_decode_kernel(
-    Q, K, V, BT, SL, ALIBI, OUT, LSE,
+    Q, K, V, BT, SL, CU_Q, ALIBI, KVS, SINKS, OUT, LSE,
     qk_scale, v_scale, softcap, window_left,
     q_len, group, head_dim, block_size, num_splits, row_chunks,
     stride_qs, stride_qt, stride_qh, stride_qd,
@@ -35,38 +38,61 @@ def paged_decode_kernel(
     stride_as, stride_ah,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, DOT_FP32: tl.constexpr, VARLEN: tl.constexpr,
+    HAS_KV_SCALES: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     """Attention of the last q_len tokens of sequence ``s`` for the query heads of KV head
     ``kvh`` over this program's share of the keys.
 
     Grid (num_seqs, Hkv * row_chunks, num_splits): when q_len * group exceeds the largest
-    tile that fits in registers (BLOCK_M), the rows are cut into ``row_chunks`` programs,
-    each re-reading the keys (only for large speculative q_len x GQA products).
+    tile that fits in registers (BLOCK_M), the rows are cut into ``row_chunks`` programs.
+    Each chunk reads only the keys its rows can see (causal: up to its last token; a window
+    also bounds the start), so long rows become prefill tiles rather than repeated full reads.
+
+    VARLEN: q is packed [total_q, Hq, D] (stride_qs 0) and sequence s owns tokens
+    CU_Q[s]..CU_Q[s+1]; ``q_len`` is then total_q and row_chunks covers the longest run
+    (chunks past a sequence's rows do nothing). Otherwise CU_Q is unused and every sequence
+    has q_len tokens.
 
     ``qk_scale`` = softmax_scale * k_scale (the fp8 key scale folded in; 1 otherwise);
-    ``v_scale`` multiplies the result. OUT is contiguous [num_seqs, num_splits, q_len, Hq, D]
-    and LSE contiguous [num_seqs, num_splits, Hq, q_len]: with num_splits == 1 that is the
-    final output (q dtype) and lse, otherwise fp32 partials for ``reduce_splits_kernel``.
-    The launcher allocates both, so their strides are derived here instead of passed: on
-    gfx90a/gfx942 the ~45 scalar arguments spilled SGPRs (18-49) before.
+    ``v_scale`` multiplies the result. HAS_KV_SCALES: KVS is contiguous fp32 [2, Hkv] of
+    per-KV-head factors of both (fp8 caches; read here, so a GPU scale needs no host sync).
+    OUT and LSE are contiguous and allocated by the
+    launcher, so their strides are derived here instead of passed (on gfx90a/gfx942 ~45
+    scalar arguments spilled SGPRs): uniform OUT [num_seqs, num_splits, q_len, Hq, D], LSE
+    [num_seqs, num_splits, Hq, q_len]; VARLEN OUT [num_splits, total_q, Hq, D], LSE
+    [num_splits, Hq, total_q]. With num_splits == 1 that is the final output (q dtype) and
+    lse, otherwise fp32 partials for ``reduce_splits_kernel``. HAS_SINKS: SINKS fp32 [Hq]
+    attention sinks, added here when num_splits == 1 and by the reduce otherwise (once).
     """
     s = tl.program_id(0)
     kvh = tl.program_id(1) // row_chunks
     chunk = tl.program_id(1) % row_chunks
     split = tl.program_id(2)
 
+    if HAS_KV_SCALES:
+        hkv = tl.num_programs(1) // row_chunks
+        qk_scale = qk_scale * tl.load(KVS + kvh)
+        v_scale = v_scale * tl.load(KVS + hkv + kvh)
+
     seq_len = tl.load(SL + s)
+    if VARLEN:
+        q0 = tl.load(CU_Q + s)
+        n_q = tl.load(CU_Q + s + 1) - q0
+    else:
+        q0 = 0
+        n_q = q_len
+    n_rows = n_q * group
     rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = rows // group
     head = kvh * group + rows % group
-    row_ok = rows < q_len * group
-    pos = seq_len - q_len + tok  # absolute position of each row's query token
+    row_ok = rows < n_rows
+    pos = seq_len - n_q + tok  # absolute position of each row's query token (< 0: padded slot)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < head_dim
 
-    q_ptrs = (Q + s.to(tl.int64) * stride_qs + tok[:, None] * stride_qt + head[:, None] * stride_qh
-              + d[None, :] * stride_qd)
+    q_ptrs = (Q + s.to(tl.int64) * stride_qs + (q0 + tok[:, None]).to(tl.int64) * stride_qt
+              + head[:, None] * stride_qh + d[None, :] * stride_qd)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if DOT_FP32:
         q = q.to(tl.float32)
@@ -74,15 +100,20 @@ def paged_decode_kernel(
     if HAS_ALIBI:
         slope = tl.load(ALIBI + s * stride_as + head * stride_ah, mask=row_ok, other=0.0).to(tl.float32)
 
-    # This program's key range: the visible range of the sequence cut into num_splits
-    # chunks of whole tiles (so splits never share a tile).
+    # The keys this chunk's rows can see: up to its last row's position (causal), from its
+    # first row's position - window_left; empty when the chunk has no rows. That range is
+    # cut into num_splits chunks of whole tiles (so splits never share a tile).
+    first_tok = (chunk * BLOCK_M) // group
+    last_tok = (tl.minimum((chunk + 1) * BLOCK_M, n_rows) - 1) // group
+    hi = tl.maximum(seq_len - n_q + last_tok + 1, 0)
     lo = 0
     if HAS_WINDOW:
-        lo = tl.maximum(seq_len - q_len - window_left, 0)
-    n_tiles = tl.cdiv(seq_len - lo, BLOCK_N)
+        lo = tl.maximum(seq_len - n_q + first_tok - window_left, 0)
+    hi = tl.where(chunk * BLOCK_M < n_rows, tl.maximum(hi, lo), lo)
+    n_tiles = tl.cdiv(hi - lo, BLOCK_N)
     tiles_per_split = tl.cdiv(n_tiles, num_splits)
     start = lo + split * tiles_per_split * BLOCK_N
-    end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, hi)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -134,12 +165,26 @@ def paged_decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(pv, v)
         m_i = m_new
 
+    if HAS_SINKS:
+        if num_splits == 1:  # partials leave the sink to the reduce
+            sink = tl.load(SINKS + head, mask=row_ok, other=0.0) * 1.4426950408889634
+            m_new = tl.maximum(m_i, sink)
+            alpha = tl.exp2(m_i - m_new)   # m_i -inf (nothing visible): 0
+            l_i = l_i * alpha + tl.exp2(sink - m_new)
+            acc = acc * alpha[:, None]
+            m_i = m_new
     empty = l_i == 0.0
     out = acc * (v_scale / tl.where(empty, 1.0, l_i))[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
 
     hq = (tl.num_programs(1) // row_chunks) * group
-    sp = s.to(tl.int64) * num_splits + split
-    o_ptrs = OUT + ((sp * q_len + tok[:, None]) * hq + head[:, None]) * head_dim + d[None, :]
-    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + (sp * hq + head) * q_len + tok, lse, mask=row_ok)
+    if VARLEN:
+        t_row = (split.to(tl.int64) * q_len + q0 + tok) * hq + head      # [splits, total_q, Hq]
+        l_off = (split.to(tl.int64) * hq + head) * q_len + q0 + tok      # [splits, Hq, total_q]
+    else:
+        sp = s.to(tl.int64) * num_splits + split
+        t_row = (sp * q_len + tok) * hq + head                           # [seqs, splits, q_len, Hq]
+        l_off = (sp * hq + head) * q_len + tok                           # [seqs, splits, Hq, q_len]
+    tl.store(OUT + t_row[:, None] * head_dim + d[None, :], out.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + l_off, lse, mask=row_ok)

@@ -17,7 +17,6 @@ from .write_kernel import write_kv_kernel
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 CACHE_DTYPES = (torch.float16, torch.bfloat16) + FP8_DTYPES
-MAX_Q_LEN = 16
 MAX_HEAD_DIM = 256
 MAX_BLOCK_SIZE = 256
 # The GQA-packed tile [BLOCK_M, BLOCK_D] fp32 accumulator must stay in registers: up to 4096
@@ -63,7 +62,8 @@ def _pick_decode_config(device, block_m, block_d, cache_bytes, bench_launch):
 # --------------------------------------------------------------------------- supports
 
 def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax_scale,
-                             window_left, window_right, softcap, alibi_slopes, k_scale, v_scale):
+                             window_left, window_right, softcap, alibi_slopes, k_scale, v_scale,
+                             kv_scales=None, sinks=None):
     """None when the Triton decode kernel handles these arguments, else why not."""
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"q dtype {q.dtype} (needs float16 or bfloat16)"
@@ -71,8 +71,6 @@ def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax
         return f"cache dtypes {k_cache.dtype}/{v_cache.dtype} (need fp16/bf16/fp8 e4m3, equal)"
     if k_cache.dtype in (torch.float16, torch.bfloat16) and k_cache.dtype != q.dtype:
         return f"cache dtype {k_cache.dtype} differs from q dtype {q.dtype}"
-    if q.shape[1] > MAX_Q_LEN:
-        return f"q_len {q.shape[1]} > {MAX_Q_LEN}"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"head_dim {q.shape[-1]} > {MAX_HEAD_DIM}"
     if k_cache.shape[1] > MAX_BLOCK_SIZE:
@@ -80,6 +78,13 @@ def paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, softmax
     if q.device.type != "cuda" and not interpreting():
         return "CPU tensors need TRITON_INTERPRET=1"
     return _fp8_reason(k_cache)
+
+
+def varlen_paged_attention_supports(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+                                    max_seqlen_q, *rest):
+    """None when the kernel handles these packed-query arguments, else why not."""
+    # q [total_q, Hq, D] seen as one uniform batch for the shared checks
+    return paged_attention_supports(q[None], k_cache, v_cache, block_table, seq_lens, *rest)
 
 
 def _fp8_reason(cache) -> str | None:
@@ -92,7 +97,8 @@ def _fp8_reason(cache) -> str | None:
     return None
 
 
-def write_kv_cache_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+def write_kv_cache_supports(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale,
+                            kv_scales=None):
     if k_cache.dtype not in CACHE_DTYPES or v_cache.dtype != k_cache.dtype:
         return f"cache dtypes {k_cache.dtype}/{v_cache.dtype} (need fp16/bf16/fp8 e4m3, equal)"
     if k.shape[-1] > 2048:
@@ -115,24 +121,67 @@ def merge_supports(out_a, lse_a, out_b, lse_b):
 # --------------------------------------------------------------------------- paged_attention
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
-                    window_right, softcap, alibi_slopes, k_scale, v_scale, *, num_splits=None):
-    """Paged decode attention.
+                    window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales=None,
+                    sinks=None, *, num_splits=None):
+    """Paged attention, q_len new tokens per sequence.
 
     q [num_seqs, q_len, Hq, D] fp16/bf16, any strides; k_cache/v_cache [num_blocks,
     block_size, Hkv, D] (q's dtype, or fp8 e4m3 dequantised as value * k_scale / v_scale);
-    block_table int32 [num_seqs, max_blocks]; seq_lens int32 [num_seqs], each >= q_len.
-    Query token t of sequence s sits at position seq_lens[s] - q_len + t and attends causally,
-    narrowed by window_left (window_right is irrelevant under causality). alibi_slopes fp32
-    [Hq] or [num_seqs, Hq]. Returns out [num_seqs, q_len, Hq, D] (q dtype) and lse fp32
-    [num_seqs, Hq, q_len] (-inf and out 0 for a row with no visible key).
+    block_table int32 [num_seqs, max_blocks]; seq_lens int32 [num_seqs], each >= q_len or 0
+    (a padded slot). Query token t of sequence s sits at position seq_lens[s] - q_len + t and
+    attends causally, narrowed by window_left (window_right is irrelevant under causality).
+    alibi_slopes fp32 [Hq] or [num_seqs, Hq]. kv_scales: optional fp32 [2, Hkv] per-KV-head
+    factors of k_scale / v_scale (fp8 caches). Returns out [num_seqs, q_len, Hq, D] (q dtype)
+    and lse fp32 [num_seqs, Hq, q_len] (-inf and out 0 for a row with no visible key).
 
     ``num_splits`` forces the number of KV splits (tests); None picks it from the batch,
     the context bound (max_blocks * block_size, no device sync) and the multiprocessors.
     """
     num_seqs, q_len, hq, dim = q.shape
+    out = _empty((num_seqs, q_len, hq, dim), q.dtype, q.device)
+    lse = _empty((num_seqs, hq, q_len), torch.float32, q.device)
+    if out.numel() == 0:
+        return out, lse
+    _launch_paged(q, q.stride(), None, q_len, q_len, out, lse, k_cache, v_cache, block_table,
+                  seq_lens, softmax_scale, window_left, softcap, alibi_slopes, k_scale, v_scale,
+                  kv_scales, sinks, num_splits)
+    return out, lse
+
+
+def varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+                           max_seqlen_q, softmax_scale, window_left, window_right, softcap,
+                           alibi_slopes, k_scale, v_scale, kv_scales=None, sinks=None, *,
+                           num_splits=None):
+    """Packed variable-length queries over the paged cache, one launch for the batch.
+
+    q [total_q, Hq, D]; sequence s owns tokens cu_seqlens_q[s]..cu_seqlens_q[s + 1] (any
+    count >= 0, at most max_seqlen_q, which sizes the grid: no device sync), its last
+    positions. Everything else as ``paged_attention``. Returns out [total_q, Hq, D] and lse
+    fp32 [Hq, total_q].
+    """
+    total_q, hq, dim = q.shape
+    out = _empty((total_q, hq, dim), q.dtype, q.device)
+    lse = _empty((hq, total_q), torch.float32, q.device)
+    if out.numel() == 0 or max_seqlen_q == 0:
+        return out, lse
+    cu_q = cu_seqlens_q.to(torch.int32).contiguous()  # indexed without a stride (tiny)
+    _launch_paged(q, (0,) + tuple(q.stride()), cu_q, total_q, int(max_seqlen_q), out, lse,
+                  k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left, softcap,
+                  alibi_slopes, k_scale, v_scale, kv_scales, sinks, num_splits)
+    return out, lse
+
+
+def _launch_paged(q, q_strides, cu_q, q_len, max_q, out, lse, k_cache, v_cache, block_table,
+                  seq_lens, softmax_scale, window_left, softcap, alibi_slopes, k_scale, v_scale,
+                  kv_scales, sinks, num_splits):
+    """Shared by both paged ops. Uniform (cu_q None): ``q_len`` tokens per sequence, out
+    [num_seqs, q_len, Hq, D], lse [num_seqs, Hq, q_len]. Packed: ``q_len`` is total_q, out
+    [total_q, Hq, D], lse [Hq, total_q]; ``max_q`` bounds the per-sequence query count."""
+    num_seqs = seq_lens.shape[0]
+    hq, dim = q.shape[-2:]
     _, block_size, hkv, _ = k_cache.shape
     group = hq // hkv
-    rows = q_len * group
+    rows = max_q * group
     block_d = max(16, triton.next_power_of_2(dim))
     block_m = max(16, min(triton.next_power_of_2(rows), MAX_TILE_ELEMS // block_d))
     row_chunks = triton.cdiv(rows, block_m)
@@ -142,11 +191,10 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
     has_window = window_left is not None and window_left >= 0
     wl = int(window_left) if has_window else 0
     has_softcap = softcap is not None and softcap > 0
+    varlen = cu_q is not None
+    kvs = kv_scales.to(torch.float32).contiguous() if fp8 and kv_scales is not None else None
+    sinks = sinks.to(torch.float32).contiguous() if sinks is not None else None
 
-    out = _empty((num_seqs, q_len, hq, dim), q.dtype, q.device)
-    lse = _empty((num_seqs, hq, q_len), torch.float32, q.device)
-    if num_seqs == 0 or hq == 0:
-        return out, lse
     if alibi_slopes is not None:
         alibi = alibi_slopes
         sa = (alibi.stride(0), alibi.stride(1)) if alibi.dim() == 2 else (0, alibi.stride(0))
@@ -158,14 +206,16 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
 
     def launch(cfg, splits, o, l):
         paged_decode_kernel[(num_seqs, hkv * row_chunks, splits)](
-            q, k_cache, v_cache, block_table, seq_lens, alibi, o, l,
+            q, k_cache, v_cache, block_table, seq_lens, cu_q if varlen else seq_lens, alibi,
+            kvs if kvs is not None else seq_lens, sinks if sinks is not None else seq_lens, o, l,
             qk_scale, vs, float(softcap) if has_softcap else 1.0, wl,
             q_len, group, dim, block_size, splits, row_chunks,
-            *q.stride(), *k_cache.stride(), *v_cache.stride(),
+            *q_strides, *k_cache.stride(), *v_cache.stride(),
             *block_table.stride(), *sa,
             BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             HAS_WINDOW=has_window, HAS_SOFTCAP=has_softcap, HAS_ALIBI=alibi_slopes is not None,
-            DOT_FP32=dot_in_fp32(q.dtype), **cfg.launch_options())
+            DOT_FP32=dot_in_fp32(q.dtype), VARLEN=varlen, HAS_KV_SCALES=kvs is not None,
+            HAS_SINKS=sinks is not None, **cfg.launch_options())
 
     def bench_one(cfg):
         return triton.testing.do_bench(lambda: launch(cfg, 1, out, lse))
@@ -174,49 +224,58 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
     if num_splits is None:
         context = block_table.shape[1] * block_size
         if has_window:
-            context = min(context, wl + q_len)
-        num_splits = heuristics.num_splits(num_seqs, hkv, context,
+            context = min(context, wl + max_q)
+        num_splits = heuristics.num_splits(num_seqs, hkv * row_chunks, context,
                                            heuristics.multiprocessor_count(q.device), cfg.block_n)
     if num_splits <= 1:
         launch(cfg, 1, out, lse)
-        return out, lse
+        return
 
-    po = _empty((num_seqs, num_splits, q_len, hq, dim), torch.float32, q.device)
-    pl = _empty((num_seqs, num_splits, hq, q_len), torch.float32, q.device)
+    # fp32 partials in the kernel's layout; the reduce sees both layouts as
+    # [num_seqs', num_splits, tokens, Hq, D] / [num_seqs', num_splits, Hq, tokens] views.
+    if varlen:
+        po = _empty((num_splits, q_len, hq, dim), torch.float32, q.device)
+        pl = _empty((num_splits, hq, q_len), torch.float32, q.device)
+        po5, pl4, o4, l3, n_rows = po[None], pl[None], out[None], lse[None], q_len
+    else:
+        po = _empty((num_seqs, num_splits, q_len, hq, dim), torch.float32, q.device)
+        pl = _empty((num_seqs, num_splits, hq, q_len), torch.float32, q.device)
+        po5, pl4, o4, l3, n_rows = po, pl, out, lse, num_seqs * q_len
     launch(cfg, num_splits, po, pl)
     rcfg = _configs(q.device).reduce_config()
-    reduce_splits_kernel[(num_seqs * q_len, hq)](
-        po, pl, out, lse, num_splits, q_len, dim,
-        *po.stride(), *pl.stride(), *out.stride(), *lse.stride(),
+    reduce_splits_kernel[(n_rows, hq)](
+        po5, pl4, o4, l3, sinks if sinks is not None else pl4, num_splits, q_len, dim,
+        *po5.stride(), *pl4.stride(), *o4.stride(), *l3.stride(),
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
-        **rcfg.launch_options())
-    return out, lse
+        HAS_SINKS=sinks is not None, **rcfg.launch_options())
 
 
 # --------------------------------------------------------------------------- write_kv_cache
 
-def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_scales=None):
     """Scatter k, v [T, Hkv, D] into k_cache/v_cache [num_blocks, block_size, Hkv, D] in place
     at ``slot_mapping`` [T] (int32/int64; slot = block * block_size + offset, -1 = padding,
-    skipped). fp8 caches store value / scale, saturated to the format's largest finite value."""
+    skipped). fp8 caches store value / scale (per KV head with kv_scales fp32 [2, Hkv]),
+    saturated to the format's largest finite value."""
     t, hkv, dim = k.shape
     if t == 0:
         return None
     quant = k_cache.dtype in FP8_DTYPES
+    kvs = kv_scales.to(torch.float32).contiguous() if quant and kv_scales is not None else None
     slot_mapping = slot_mapping.contiguous()  # indexed without a stride (no copy when contiguous)
     fp8_max = torch.finfo(k_cache.dtype).max if quant else 0.0
     cfg = _configs(k.device).write_config()
     block_d = triton.next_power_of_2(dim)
     block_h = min(triton.next_power_of_2(hkv), max(1, 2048 // block_d))  # <= 2048 elements a tile
     write_kv_kernel[(t, triton.cdiv(hkv, block_h))](
-        k, v, k_cache, v_cache, slot_mapping,
+        k, v, k_cache, v_cache, slot_mapping, kvs if kvs is not None else slot_mapping,
         1.0 / _scale(k_scale) if quant else 1.0, 1.0 / _scale(v_scale) if quant else 1.0,
         float(fp8_max), hkv, dim, k_cache.shape[1],
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
         BLOCK_H=block_h, BLOCK_D=block_d, QUANT=quant,
         ROUND_FP8=quant and interpreting(),
         FP8_MIN_EXP=-7 if k_cache.dtype == torch.float8_e4m3fnuz else -6,
-        **cfg.launch_options())
+        HAS_KV_SCALES=kvs is not None, **cfg.launch_options())
     return None
 
 

@@ -11,16 +11,17 @@ import triton.language as tl
 
 @triton.jit
 def reduce_splits_kernel(
-    PO, PL, OUT, LSE,
+    PO, PL, OUT, LSE, SINKS,
     num_splits, q_len, head_dim,
     stride_pos, stride_pop, stride_pot, stride_poh, stride_pod,
     stride_pls, stride_plp, stride_plh, stride_plt,
     stride_os, stride_ot, stride_oh, stride_od,
     stride_ls, stride_lh, stride_lt,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     """One program per (sequence * q_len + token, query head): merge the fp32 partials of
     ``num_splits`` (<= BLOCK_S) splits into the final output (OUT's dtype) and fp32 lse.
+    HAS_SINKS: SINKS[h] (fp32, natural units) is one more state with out 0 (attention sinks).
 
     The lse of all splits are read at once (BLOCK_S values) but the partial outputs one
     split at a time: a [BLOCK_S, BLOCK_D] tile (64 x 256 fp32) would spill on AMD."""
@@ -35,8 +36,13 @@ def reduce_splits_kernel(
     pl = PL + s * stride_pls + h * stride_plh + t * stride_plt
     lse = tl.load(pl + sp * stride_plp, mask=sp < num_splits, other=float("-inf"))
     m = tl.max(lse, 0)
+    if HAS_SINKS:
+        sink = tl.load(SINKS + h)
+        m = tl.maximum(m, sink)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     total = tl.sum(tl.exp2((lse - m_safe) * 1.4426950408889634), 0)  # empty splits add 0
+    if HAS_SINKS:
+        total += tl.exp2((sink - m_safe) * 1.4426950408889634)
     acc = tl.zeros([BLOCK_D], tl.float32)
     po = PO + s * stride_pos + t * stride_pot + h * stride_poh + d * stride_pod
     for i in range(num_splits):

@@ -1,5 +1,5 @@
 """Registers the Triton paged-decode impls: name "triton", NVIDIA and AMD backends,
-priority 100, for paged_attention, write_kv_cache and merge_attention_states.
+priority 100, for paged_attention, varlen_paged_attention, write_kv_cache and merge_attention_states.
 
 The launcher (and so triton) is imported on the first call or supports() check, not by
 register(): a machine without triton still loads the registry.
@@ -22,6 +22,14 @@ def paged_attention_supports(*args):
     return _launcher().paged_attention_supports(*args)
 
 
+def varlen_paged_attention(*args):
+    return _launcher().varlen_paged_attention(*args)
+
+
+def varlen_paged_attention_supports(*args):
+    return _launcher().varlen_paged_attention_supports(*args)
+
+
 def write_kv_cache(*args):
     return _launcher().write_kv_cache(*args)
 
@@ -40,6 +48,7 @@ def merge_attention_states_supports(*args):
 
 _OPS = {
     "paged_attention": (paged_attention, paged_attention_supports),
+    "varlen_paged_attention": (varlen_paged_attention, varlen_paged_attention_supports),
     "write_kv_cache": (write_kv_cache, write_kv_cache_supports),
     "merge_attention_states": (merge_attention_states, merge_attention_states_supports),
 }

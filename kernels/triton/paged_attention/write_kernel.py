@@ -20,7 +20,7 @@ def _round_to_e4m3(x, MIN_EXP: tl.constexpr):
 
 @triton.jit
 def write_kv_kernel(
-    K, V, KC, VC, SLOT,
+    K, V, KC, VC, SLOT, KVS,
     inv_k_scale, inv_v_scale, fp8_max,
     heads, head_dim, block_size,
     stride_kt, stride_kh, stride_kd,
@@ -28,12 +28,13 @@ def write_kv_kernel(
     stride_kcb, stride_kct, stride_kch, stride_kcd,
     stride_vcb, stride_vct, stride_vch, stride_vcd,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, QUANT: tl.constexpr,
-    ROUND_FP8: tl.constexpr, FP8_MIN_EXP: tl.constexpr,
+    ROUND_FP8: tl.constexpr, FP8_MIN_EXP: tl.constexpr, HAS_KV_SCALES: tl.constexpr,
 ):
     """One program per (new token, BLOCK_H heads): ``slot = block * block_size + offset``;
     slot < 0 is padding and writes nothing. QUANT (fp8 caches) stores value * inv_scale (= value / scale),
     clamped to the fp8
-    range (fp8_max) and rounded to the cache dtype."""
+    range (fp8_max) and rounded to the cache dtype. HAS_KV_SCALES: KVS, contiguous fp32
+    [2, heads], divides each head's values further (per-KV-head scales)."""
     t = tl.program_id(0)
     h0 = tl.program_id(1) * BLOCK_H
     slot = tl.load(SLOT + t).to(tl.int64)
@@ -48,8 +49,13 @@ def write_kv_kernel(
     v = tl.load(V + t.to(tl.int64) * stride_vt + h[:, None] * stride_vh + d[None, :] * stride_vd, mask=ok)
     if QUANT:
         # Saturate explicitly: e4m3 has no inf, and targets differ on out-of-range casts.
-        k = tl.minimum(tl.maximum(k.to(tl.float32) * inv_k_scale, -fp8_max), fp8_max)
-        v = tl.minimum(tl.maximum(v.to(tl.float32) * inv_v_scale, -fp8_max), fp8_max)
+        k = k.to(tl.float32) * inv_k_scale
+        v = v.to(tl.float32) * inv_v_scale
+        if HAS_KV_SCALES:
+            k = k / tl.load(KVS + h, mask=h < heads, other=1.0)[:, None]
+            v = v / tl.load(KVS + heads + h, mask=h < heads, other=1.0)[:, None]
+        k = tl.minimum(tl.maximum(k, -fp8_max), fp8_max)
+        v = tl.minimum(tl.maximum(v, -fp8_max), fp8_max)
         if ROUND_FP8:
             k = _round_to_e4m3(k, FP8_MIN_EXP)
             v = _round_to_e4m3(v, FP8_MIN_EXP)

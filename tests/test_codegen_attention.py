@@ -25,6 +25,8 @@ CASES += [f"{k}:bf16:256:plain:{t}" for t in TARGET_NAMES for k in KINDS[1:]]
 # fp32 ("ieee" dots: FMA on NVIDIA, fp32 MFMA on AMD): spill-free, fits shared memory.
 CASES += [f"{k}:fp32:{d}:plain:{t}" for t in ("sm90", "gfx942") for k in KINDS for d in (128, 256)]
 CASES += [f"{k}:bf16:{d}:features:{t}" for t in TARGET_NAMES for k in KINDS for d in (64, 128)]
+# MLA-style forward: q/k head dim 192, v head dim 128 (FlashAttention-3's d != dv case)
+CASES += [f"fwd:bf16:192:mla:{t}" for t in TARGET_NAMES]
 
 _MATRIX = {"sm80": "mma.sync", "sm90": "wgmma.mma_async", "gfx90a": "v_mfma", "gfx942": "v_mfma"}
 # The dk/dv kernel at head_dim 256 keeps 32 keys per program (64 would spill on sm90), below
@@ -52,7 +54,9 @@ def _compile_case(case: str, cfg=None) -> dict:
     block_d = 16
     while block_d < d:
         block_d *= 2
-    consts = dict(HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+    dv, block_dv = (128, 128) if variant == "mla" else (d, block_d)
+    consts = dict(HEAD_DIM=d, BLOCK_D=block_d, HEAD_DIM_V=dv, BLOCK_DV=block_dv,
+                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   IS_VARLEN=features, HAS_SOFTCAP=features, HAS_ALIBI=features, HAS_SINKS=features,
                   DOT_FP32=False,
                   PREC="ieee" if dt == "fp32" else None)

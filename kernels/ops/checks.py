@@ -166,9 +166,11 @@ def qkv(q, k, v, *, seq_dims: int) -> None:
         dim_equal(v.shape[0], q.shape[0], f"v: batch size (layout {layout})")
     dim_equal(v.shape[-3], k.shape[-3], "v: seqlen (must match k)")
     dim_equal(k.shape[-1], q.shape[-1], "k: head_dim (must match q)")
-    dim_equal(v.shape[-1], q.shape[-1], "v: head_dim (must match q)")
     dim_equal(v.shape[-2], k.shape[-2], "v: heads (must match k)")
     heads(q.shape[-2], k.shape[-2], q.shape[-1])
+    # V's head dim may differ from Q/K's (MLA-style 192 / 128, as FlashAttention-3 allows)
+    if not 1 <= v.shape[-1] <= MAX_HEAD_DIM:
+        raise ValueError(f"v: head_dim must be in [1, {MAX_HEAD_DIM}], got {v.shape[-1]}")
 
 
 def heads(hq: int, hkv: int, d: int) -> None:

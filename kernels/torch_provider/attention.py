@@ -167,6 +167,8 @@ def _refusal(op, q, k, v, causal, window_left, window_right, softcap, alibi_slop
         return "softcap not supported by torch's SDPA kernels"
     if alibi_slopes is not None:
         return "ALiBi not supported by torch's SDPA kernels"
+    if v.shape[-1] != q.shape[-1]:
+        return f"value head_dim {v.shape[-1]} != query head_dim {q.shape[-1]} (not wired up here)"
     right = 0 if causal else window_right
     if window_left != -1 or right not in (-1, 0):
         return (f"sliding window (left={window_left}, right={right}) not supported: torch's "

@@ -14,7 +14,8 @@ from ._common import (LOG2E, full_block_range, mm, row_stat_base, scores, seq_bo
 
 
 @triton.jit
-def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok, rows, sq, sk, diag,
+def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok, dv_ok, rows, sq, sk,
+                  diag,
                   sm_scale, softcap, slope, window_left, window_right, start_n, full_lo, full_hi,
                   m_i, l_i, acc,
                   HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -37,7 +38,7 @@ def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok
     p = tl.exp2(s - m_new_safe[:, None])
     alpha = tl.exp2(m_i - m_new_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, DOT_FP32, PREC)
     return m_new, l_i, acc
 
@@ -52,6 +53,7 @@ def attn_fwd_kernel(
     seqlen_q, seqlen_k, group,
     sm_scale, softcap, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr, HAS_SINKS: tl.constexpr,
@@ -73,12 +75,14 @@ def attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
+    offs_dv = tl.arange(0, BLOCK_DV)   # V / out head dim (may differ from Q/K's: MLA 192 / 128)
+    dv_ok = offs_dv < HEAD_DIM_V
 
     q_ptrs = (Q + b64 * stride_qb + h * stride_qh
               + (q_start + rows).to(tl.int64)[:, None] * stride_qs + offs_d[None, :] * stride_qd)
     q = tl.load(q_ptrs, mask=(rows[:, None] < sq) & d_ok[None, :], other=0.0)
     k_base = K + b64 * stride_kb + hk * stride_kh + offs_d[:, None] * stride_kd
-    v_base = V + b64 * stride_vb + hk * stride_vh + offs_d[None, :] * stride_vd
+    v_base = V + b64 * stride_vb + hk * stride_vh + offs_dv[None, :] * stride_vd
 
     slope = 0.0
     if HAS_ALIBI:
@@ -96,10 +100,10 @@ def attn_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         m_i, l_i, acc = _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok,
-                                      rows, sq, sk, diag, sm_scale, softcap, slope, window_left,
+                                      dv_ok, rows, sq, sk, diag, sm_scale, softcap, slope, window_left,
                                       window_right, start_n, full_lo, full_hi, m_i, l_i, acc,
                                       HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC)
 
@@ -116,6 +120,6 @@ def attn_fwd_kernel(
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
     n_heads = tl.num_programs(2)
     tok = token_base(b, q_start, seqlen_q, IS_VARLEN) + rows
-    o_ptrs = O + (tok[:, None] * n_heads + h) * HEAD_DIM + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(rows[:, None] < sq) & d_ok[None, :])
+    o_ptrs = O + (tok[:, None] * n_heads + h) * HEAD_DIM_V + offs_dv[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(rows[:, None] < sq) & dv_ok[None, :])
     tl.store(LSE + row_stat_base(b, h, n_heads, seqlen_q, q_start, IS_VARLEN) + rows, lse, mask=rows < sq)

@@ -21,7 +21,7 @@ MAX_HEAD_DIM = 256
 _MAX_GRID_YZ = 1 << 15
 
 
-def _supports(q, k, v, alibi_slopes, batch_dim) -> str | None:
+def _supports(q, k, v, alibi_slopes, batch_dim, backward=False) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     dev = q.device.type
@@ -39,8 +39,14 @@ def _supports(q, k, v, alibi_slopes, batch_dim) -> str | None:
     d = q.shape[-1]
     if d > MAX_HEAD_DIM:
         return f"head_dim {d} > {MAX_HEAD_DIM}"
-    if k.shape[-1] != d or v.shape[-1] != d:
-        return f"head dims differ: q {d}, k {k.shape[-1]}, v {v.shape[-1]}"
+    if k.shape[-1] != d:
+        return f"head dims differ: q {d}, k {k.shape[-1]}"
+    if v.shape[-1] > MAX_HEAD_DIM:
+        return f"value head_dim {v.shape[-1]} > {MAX_HEAD_DIM}"
+    if backward and v.shape[-1] != d:
+        # the forward takes V's own head dim (MLA-style); the backward kernels keep one tile
+        # width for q, k, v, dq, dk, dv: pending
+        return f"value head_dim {v.shape[-1]} != query head_dim {d} (forward only)"
     if not (q.device == k.device == v.device):
         return "q, k, v on different devices"
     if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
@@ -57,7 +63,7 @@ def attention_supports(q, k, v, causal, softmax_scale, window_left, window_right
 
 def attention_backward_supports(dout, q, k, v, out, lse, causal, softmax_scale, window_left,
                                 window_right, softcap, alibi_slopes, dlse=None, sinks=None):
-    return _supports(q, k, v, alibi_slopes, q.shape[0])
+    return _supports(q, k, v, alibi_slopes, q.shape[0], backward=True)
 
 
 def varlen_attention_supports(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -70,7 +76,7 @@ def varlen_attention_backward_supports(dout, q, k, v, out, lse, cu_seqlens_q, cu
                                        max_seqlen_q, max_seqlen_k, causal, softmax_scale,
                                        window_left, window_right, softcap, alibi_slopes,
                                        dlse=None, sinks=None):
-    return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel())
+    return _supports(q, k, v, alibi_slopes, cu_seqlens_q.numel(), backward=True)
 
 
 def attention(q, k, v, causal, softmax_scale, window_left, window_right, softcap, alibi_slopes,

@@ -79,9 +79,13 @@ def _bucket(*parts):
 
 def _common_meta(q, softcap, alibi):
     d = q.shape[-1]
-    return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+    return dict(HEAD_DIM=d, BLOCK_D=_block_d(d),
                 HAS_SOFTCAP=softcap > 0.0, HAS_ALIBI=alibi is not None,
                 DOT_FP32=dot_in_fp32(q.dtype), PREC="ieee" if q.dtype == torch.float32 else None)
+
+
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
 
 
 def _check_own(name: str, t: torch.Tensor, shape, dtype) -> None:
@@ -116,11 +120,13 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
         cu_q = cu_k = q  # unused pointer
         lse_shape = (batch, hq, sq_arg)
     group = hq // k.shape[-2]
+    dv = v.shape[-1]   # may differ from d (MLA-style): out takes V's head dim
+    out_shape = (*q.shape[:-1], dv)
     if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
-    _check_own("out", out, q.shape, q.dtype)
+    _check_own("out", out, out_shape, q.dtype)
     _check_own("lse", lse, lse_shape, torch.float32)
     if q.numel() == 0 or max_seqlen_q == 0:   # no query rows
         lse.fill_(float("-inf"))
@@ -137,12 +143,15 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
     def launch(cfg: KernelConfig):
         grid = (triton.cdiv(max_seqlen_q, cfg.block_m), batch, hq)
         attn_fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, IS_VARLEN=varlen,
-                              HAS_SINKS=sinks is not None, **meta, **cfg.launch_options())
+                              HAS_SINKS=sinks is not None, HEAD_DIM_V=dv, BLOCK_DV=_block_d(dv),
+                              **meta, **cfg.launch_options())
 
-    bucket = _bucket(str(q.dtype), d, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
+    bucket = _bucket(str(q.dtype), d, dv, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
                      alibi_slopes is not None, varlen, group,
                      triton.next_power_of_2(max(max_seqlen_q, 1)), triton.next_power_of_2(max(max_seqlen_k, 1)))
-    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", d, q.dtype, q.device, features), launch))
+    # configs are tuned per head dim; with d != dv the larger one bounds the tile sizes
+    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", max(d, dv), q.dtype, q.device, features),
+                 launch))
     return out, lse
 
 

@@ -85,6 +85,12 @@ def op_cases():
         ("varlen_paged_attention", ops.varlen_paged_attention.default,
          (torch.randn(5, 4, 8), kc, vc, table, lens, torch.tensor([0, 4, 5], dtype=torch.int32), 4,
           0.3, -1, -1, 0.0, None, 1.0, 1.0)),
+        ("paged_attention_out", ops.paged_attention_out.default,
+         (pq, kc, vc, table, lens, 0.3, -1, -1, 0.0, None, 1.0, 1.0, None, None,
+          torch.empty(pq.shape), torch.empty(2, 4, 2))),
+        ("varlen_paged_attention_out", ops.varlen_paged_attention_out.default,
+         (torch.randn(5, 4, 8), kc, vc, table, lens, torch.tensor([0, 4, 5], dtype=torch.int32), 4,
+          0.3, -1, -1, 0.0, None, 1.0, 1.0, None, torch.randn(4), torch.empty(5, 4, 8), None)),
         ("write_kv_cache", ops.write_kv_cache.default,
          (torch.randn(3, 2, 8), torch.randn(3, 2, 8), kc.clone(), vc.clone(),
           torch.tensor([5, -1, 17]), 1.0, 1.0)),
@@ -108,7 +114,8 @@ def op_cases():
 
 CASES = op_cases()
 ALL_OPS = {"attention", "attention_backward", "varlen_attention", "varlen_attention_backward",
-           "paged_attention", "varlen_paged_attention", "write_kv_cache", "merge_attention_states",
+           "paged_attention", "varlen_paged_attention", "paged_attention_out",
+           "varlen_paged_attention_out", "write_kv_cache", "merge_attention_states",
            "matmul", "linear",
            "scaled_matmul", "quantized_linear", "grouped_matmul"}
 

@@ -66,6 +66,25 @@ def varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlen
                                              sinks=_contiguous(sinks))
 
 
+def paged_attention_out(*args):
+    """Writes into the caller's out (any strides) and lse (or a scratch lse)."""
+    *fargs, out, lse = args
+    q, kc, vc, bt, sl, scale, wl, wr, softcap, alibi, k_scale, v_scale, kv_scales, sinks = fargs
+    _ops().cpu_paged_attention(q, kc, vc, bt, sl.contiguous(), float(scale), int(wl), int(wr),
+                               float(softcap), alibi, float(k_scale), float(v_scale), kv_scales,
+                               out=out, lse=lse, sinks=_contiguous(sinks))
+
+
+def varlen_paged_attention_out(*args):
+    *fargs, out, lse = args
+    (q, kc, vc, bt, sl, cu_q, max_q, scale, wl, wr, softcap, alibi, k_scale, v_scale, kv_scales,
+     sinks) = fargs
+    _ops().cpu_varlen_paged_attention(q, kc, vc, bt, sl.contiguous(), cu_q.contiguous(), int(max_q),
+                                      float(scale), int(wl), int(wr), float(softcap), alibi,
+                                      float(k_scale), float(v_scale), kv_scales, out=out, lse=lse,
+                                      sinks=_contiguous(sinks))
+
+
 def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_scales=None):
     _ops().cpu_write_kv_cache(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale),
                               kv_scales)
@@ -163,5 +182,9 @@ def register() -> None:
                   supports=_paged_supports, priority=100)
     register_impl("varlen_paged_attention", "cpp", backends="cpu", fn=varlen_paged_attention,
                   supports=_varlen_paged_supports, priority=100)
+    register_impl("paged_attention_out", "cpp", backends="cpu", fn=paged_attention_out,
+                  supports=lambda *a: _paged_supports(*a[:-2]), priority=100)
+    register_impl("varlen_paged_attention_out", "cpp", backends="cpu", fn=varlen_paged_attention_out,
+                  supports=lambda *a: _varlen_paged_supports(*a[:-2]), priority=100)
     register_impl("write_kv_cache", "cpp", backends="cpu", fn=write_kv_cache,
                   supports=_write_supports, priority=100)

@@ -104,7 +104,7 @@ def _no_backward_kernel(op: torch._ops.OpOverload, mutated: list[int]) -> Callab
     def kernel(*args):
         for i in mutated:   # what ADInplaceOrView would do (outside inference mode only)
             t = args[i]
-            if not t.is_inference():
+            if t is not None and not t.is_inference():   # an optional buffer may be absent
                 torch.autograd.graph.increment_version(t)
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad
                                            for a in args):

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._library import define, fake
 from ._run import empty_like_contiguous, run
-from . import checks
+from . import checks, paged_out
 
 
 @define("paged_attention")
@@ -36,7 +36,7 @@ def paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Te
                     window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
                     alibi_slopes: Tensor | None = None, sinks: Tensor | None = None,
                     return_lse: bool = False, k_scale: float | Tensor = 1.0,
-                    v_scale: float | Tensor = 1.0):
+                    v_scale: float | Tensor = 1.0, out: Tensor | None = None):
     """Decode attention over a paged KV cache.
 
     q [num_seqs, q_len, heads_q, D] (q_len 1 for decode, more for speculative decoding: the
@@ -45,13 +45,27 @@ def paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Te
     block_table int32 [num_seqs, max_blocks]; seq_lens int32 [num_seqs] (tokens including the
     new ones; 0 marks a padded slot: its rows give 0 and lse -inf). k_scale / v_scale (fp8
     caches only): floats, one-element tensors or per-KV-head tensors [heads_kv]. sinks
-    [heads_q]: attention sinks (pk.attention's rule). Returns out [num_seqs, q_len, heads_q, D] and, with return_lse, lse fp32
-    [num_seqs, heads_q, q_len].
+    [heads_q]: attention sinks (pk.attention's rule). Returns out [num_seqs, q_len, heads_q, D]
+    and, with return_lse, lse fp32 [num_seqs, heads_q, q_len]. ``out=``: a preallocated
+    result (q's shape and dtype, any strides) written in place and returned.
     """
-    out, lse = _paged(*paged_attention_args(
+    args = paged_attention_args(
         q, k_cache, v_cache, block_table, seq_lens, softmax_scale=softmax_scale, window=window,
-        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, k_scale=k_scale, v_scale=v_scale))
+        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
+    if out is None:
+        out, lse = _paged(*args)
+    else:
+        n, q_len, hq, _ = q.shape
+        out, lse = paged_out.buffers(out, _named(args), q.shape, (n, hq, q_len), return_lse)
+        paged_out.paged_attention_out(*args, out, lse)
     return (out, lse) if return_lse else out
+
+
+def _named(args: tuple) -> dict:
+    """The tensors among a paged op's internal arguments that ``out`` must not overlap."""
+    names = ("q", "k_cache", "v_cache", "block_table", "seq_lens")
+    extra = {"alibi_slopes": args[-5], "kv_scales": args[-2], "sinks": args[-1]}
+    return {**dict(zip(names, args)), **extra}
 
 
 def paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, *, softmax_scale=None,
@@ -92,7 +106,7 @@ def varlen_paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
                            window: tuple[int, int] = (-1, -1), softcap: float = 0.0,
                            alibi_slopes: Tensor | None = None, sinks: Tensor | None = None,
                            return_lse: bool = False, k_scale: float | Tensor = 1.0,
-                           v_scale: float | Tensor = 1.0):
+                           v_scale: float | Tensor = 1.0, out: Tensor | None = None):
     """Packed variable-length queries over a paged KV cache: prefill, chunked prefill,
     prefix-cached prefill, speculative decode and decode rows in one call.
 
@@ -104,12 +118,20 @@ def varlen_paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
     ([heads_q] or [num_seqs, heads_q]) and fp8 scales are those of ``paged_attention``.
     max_seqlen_q bounds the query lengths (a GPU kernel sizes its grid from it; None reads it
     from cu_seqlens_q, a host sync). Returns out [total_q, heads_q, D] and, with return_lse,
-    lse fp32 [heads_q, total_q] (varlen_attention's layouts).
+    lse fp32 [heads_q, total_q] (varlen_attention's layouts). ``out=``: a preallocated result
+    (q's shape and dtype, any strides) written in place and returned.
     """
-    out, lse = _varlen_paged(*varlen_paged_attention_args(
+    args = varlen_paged_attention_args(
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
         softmax_scale=softmax_scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-        sinks=sinks, k_scale=k_scale, v_scale=v_scale))
+        sinks=sinks, k_scale=k_scale, v_scale=v_scale)
+    if out is None:
+        out, lse = _varlen_paged(*args)
+    else:
+        total_q, hq, _ = q.shape
+        named = {**_named(args), "cu_seqlens_q": cu_seqlens_q}
+        out, lse = paged_out.buffers(out, named, q.shape, (hq, total_q), return_lse)
+        paged_out.varlen_paged_attention_out(*args, out, lse)
     return (out, lse) if return_lse else out
 
 

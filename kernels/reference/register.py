@@ -3,6 +3,7 @@ import functools
 
 from ..dispatch import register_impl
 from ..ops import checks
+from ..ops.paged_out import compute_and_copy
 from . import attention_ref as attention
 from . import matmul_ref as matmul
 from . import paged_ref as paged
@@ -14,6 +15,8 @@ OPS = {
     "varlen_attention_backward": attention.varlen_attention_backward,
     "paged_attention": paged.paged_attention,
     "varlen_paged_attention": paged.varlen_paged_attention,
+    "paged_attention_out": compute_and_copy(paged.paged_attention),
+    "varlen_paged_attention_out": compute_and_copy(paged.varlen_paged_attention),
     "write_kv_cache": paged.write_kv_cache,
     "merge_attention_states": paged.merge_attention_states,
     "matmul": matmul.matmul,
@@ -56,6 +59,7 @@ def _grouped_guard(x, weights, group_sizes):
 # POLYKERNELS_CHECK_VALUES=1). So it checks them itself, always, before any work or write (a
 # host sync on a GPU: the reference is the slow last resort anyway).
 GUARDS = {"paged_attention": _paged_guard, "varlen_paged_attention": _varlen_paged_guard,
+          "paged_attention_out": _paged_guard, "varlen_paged_attention_out": _varlen_paged_guard,
           "write_kv_cache": _write_guard,
           "varlen_attention": _varlen_guard, "varlen_attention_backward": _varlen_backward_guard,
           "grouped_matmul": _grouped_guard}

@@ -122,7 +122,7 @@ def merge_supports(out_a, lse_a, out_b, lse_b):
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left,
                     window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales=None,
-                    sinks=None, *, num_splits=None):
+                    sinks=None, *, num_splits=None, out=None, lse=None):
     """Paged attention, q_len new tokens per sequence.
 
     q [num_seqs, q_len, Hq, D] fp16/bf16, any strides; k_cache/v_cache [num_blocks,
@@ -136,22 +136,37 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, softmax_scale, w
 
     ``num_splits`` forces the number of KV splits (tests); None picks it from the batch,
     the context bound (max_blocks * block_size, no device sync) and the multiprocessors.
+    ``out`` / ``lse``: the caller's buffers (paged_attention_out), written in place.
     """
     num_seqs, q_len, hq, dim = q.shape
-    out = _empty((num_seqs, q_len, hq, dim), q.dtype, q.device)
-    lse = _empty((num_seqs, hq, q_len), torch.float32, q.device)
-    if out.numel() == 0:
-        return out, lse
-    _launch_paged(q, q.stride(), None, q_len, q_len, out, lse, k_cache, v_cache, block_table,
-                  seq_lens, softmax_scale, window_left, softcap, alibi_slopes, k_scale, v_scale,
-                  kv_scales, sinks, num_splits)
-    return out, lse
+    o, l = _results(out, lse, (num_seqs, q_len, hq, dim), (num_seqs, hq, q_len), q)
+    if o.numel() != 0:
+        _launch_paged(q, q.stride(), None, q_len, q_len, o, l, k_cache, v_cache, block_table,
+                      seq_lens, softmax_scale, window_left, softcap, alibi_slopes, k_scale, v_scale,
+                      kv_scales, sinks, num_splits)
+    return _deliver(o, l, out, lse)
+
+
+def _results(out, lse, out_shape, lse_shape, q):
+    """Where the kernels write: the caller's buffers when contiguous (the kernels derive
+    their offsets), else scratch that _deliver copies back."""
+    o = out if out is not None and out.is_contiguous() else _empty(out_shape, q.dtype, q.device)
+    l = lse if lse is not None and lse.is_contiguous() else _empty(lse_shape, torch.float32, q.device)
+    return o, l
+
+
+def _deliver(o, l, out, lse):
+    if out is not None and o is not out:
+        out.copy_(o)
+    if lse is not None and l is not lse:
+        lse.copy_(l)
+    return (o if out is None else out), (l if lse is None else lse)
 
 
 def varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
                            max_seqlen_q, softmax_scale, window_left, window_right, softcap,
                            alibi_slopes, k_scale, v_scale, kv_scales=None, sinks=None, *,
-                           num_splits=None):
+                           num_splits=None, out=None, lse=None):
     """Packed variable-length queries over the paged cache, one launch for the batch.
 
     q [total_q, Hq, D]; sequence s owns tokens cu_seqlens_q[s]..cu_seqlens_q[s + 1] (any
@@ -160,15 +175,13 @@ def varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlen
     fp32 [Hq, total_q].
     """
     total_q, hq, dim = q.shape
-    out = _empty((total_q, hq, dim), q.dtype, q.device)
-    lse = _empty((hq, total_q), torch.float32, q.device)
-    if out.numel() == 0 or max_seqlen_q == 0:
-        return out, lse
-    cu_q = cu_seqlens_q.to(torch.int32).contiguous()  # indexed without a stride (tiny)
-    _launch_paged(q, (0,) + tuple(q.stride()), cu_q, total_q, int(max_seqlen_q), out, lse,
-                  k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left, softcap,
-                  alibi_slopes, k_scale, v_scale, kv_scales, sinks, num_splits)
-    return out, lse
+    o, l = _results(out, lse, (total_q, hq, dim), (hq, total_q), q)
+    if o.numel() != 0 and max_seqlen_q != 0:
+        cu_q = cu_seqlens_q.to(torch.int32).contiguous()  # indexed without a stride (tiny)
+        _launch_paged(q, (0,) + tuple(q.stride()), cu_q, total_q, int(max_seqlen_q), o, l,
+                      k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left, softcap,
+                      alibi_slopes, k_scale, v_scale, kv_scales, sinks, num_splits)
+    return _deliver(o, l, out, lse)
 
 
 def _launch_paged(q, q_strides, cu_q, q_len, max_q, out, lse, k_cache, v_cache, block_table,

@@ -30,6 +30,24 @@ def varlen_paged_attention_supports(*args):
     return _launcher().varlen_paged_attention_supports(*args)
 
 
+def paged_attention_out(*args):
+    *fargs, out, lse = args
+    _launcher().paged_attention(*fargs, out=out, lse=lse)
+
+
+def paged_attention_out_supports(*args):
+    return _launcher().paged_attention_supports(*args[:-2])
+
+
+def varlen_paged_attention_out(*args):
+    *fargs, out, lse = args
+    _launcher().varlen_paged_attention(*fargs, out=out, lse=lse)
+
+
+def varlen_paged_attention_out_supports(*args):
+    return _launcher().varlen_paged_attention_supports(*args[:-2])
+
+
 def write_kv_cache(*args):
     return _launcher().write_kv_cache(*args)
 
@@ -49,6 +67,8 @@ def merge_attention_states_supports(*args):
 _OPS = {
     "paged_attention": (paged_attention, paged_attention_supports),
     "varlen_paged_attention": (varlen_paged_attention, varlen_paged_attention_supports),
+    "paged_attention_out": (paged_attention_out, paged_attention_out_supports),
+    "varlen_paged_attention_out": (varlen_paged_attention_out, varlen_paged_attention_out_supports),
     "write_kv_cache": (write_kv_cache, write_kv_cache_supports),
     "merge_attention_states": (merge_attention_states, merge_attention_states_supports),
 }

@@ -10,6 +10,7 @@ from .dispatch import use as _use
 from .ops import (attention, grouped_matmul, linear, matmul, merge_attention_states,
                   paged_attention, quantized_linear, scaled_matmul, varlen_attention,
                   varlen_paged_attention, write_kv_cache)
+from .compat.sdpa import sdpa
 from .reference.quant import (dequantize_weight, quantize_fp8, quantize_int8,
                               quantize_weight)
 
@@ -38,6 +39,6 @@ __all__ = [
     "InvalidInputError", "NoImplError", "accelerator", "attention", "backends", "dequantize_weight", "explain",
     "grouped_matmul", "linear", "matmul", "merge_attention_states", "paged_attention",
     "quantize_fp8", "quantize_int8", "quantize_weight", "quantized_linear", "register_backend",
-    "register_impl", "scaled_matmul", "use", "varlen_attention", "varlen_paged_attention",
+    "register_impl", "scaled_matmul", "sdpa", "use", "varlen_attention", "varlen_paged_attention",
     "write_kv_cache",
 ]

@@ -16,6 +16,13 @@ os.environ.setdefault("POLYKERNELS_SELECT", "priority")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The package folder kernels/ has the import name of Hugging Face's `kernels`, which transformers
+# probes for; with the repository root on sys.path (`python -m pytest`) the probe would import
+# kernels/ a second time, as `kernels`. Settle that name first (polykernels.integrations).
+from polykernels.integrations import guard_kernels_name  # noqa: E402
+
+guard_kernels_name()
+
 
 def pytest_collection_modifyitems(config, items):
     has_gpu = torch.cuda.is_available()

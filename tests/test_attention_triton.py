@@ -147,7 +147,8 @@ def _t(*shape, dtype=F16, device="cpu"):
     ((_t(1, 4, 2, 320), _t(1, 4, 2, 320), _t(1, 4, 2, 320)), None, "head_dim 320 > 256"),
     ((_t(1, 4, 2, 64, dtype=torch.float64),) * 3, None, "not in fp16/bf16/fp32"),
     ((_t(1, 4, 2, 64), _t(1, 4, 2, 64, dtype=BF16), _t(1, 4, 2, 64)), None, "mixed dtypes"),
-    ((_t(1, 4, 2, 64), _t(1, 4, 2, 64), _t(1, 4, 2, 32)), None, "head dims differ"),
+    ((_t(1, 4, 2, 64), _t(1, 4, 2, 32), _t(1, 4, 2, 64)), None, "head dims differ"),   # q vs k
+    ((_t(1, 4, 2, 64), _t(1, 4, 2, 64), _t(1, 4, 2, 320)), None, "value head_dim 320 > 256"),
     ((_t(1, 4, 2, 64),) * 3, torch.zeros(2, dtype=torch.float64), "alibi_slopes dtype"),
     ((_t(1, 4, 2, 64, device="meta"),) * 3, None, "not a CUDA/ROCm GPU"),
     ((_t(40000, 1, 2, 16),) * 3, None, "dimension > 32768"),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import copy_bandwidth_gbs, impl_rows, main_for, max_abs_err
+from benchmarks.common import copy_bandwidth_gbs, impl_rows, main_for, rel_err, upcast
 
 MODELS = {"llama3-8b": (32, 8), "qwen2.5-7b": (28, 4)}
 BLOCK_SIZE = 16
@@ -65,16 +65,17 @@ def run(report, device, quick: bool) -> None:
         small = batch * ctx <= REFERENCE_MAX_TOKENS
         base_out = torch_gather_sdpa(*args)
         if small:
-            want = pk.reference.paged_attention(*args, dim ** -0.5, -1, -1, 0.0, None, 1.0, 1.0)[0]
+            want = pk.reference.paged_attention(*upcast(args), dim ** -0.5, -1, -1, 0.0, None,
+                                                1.0, 1.0)[0]
             err_note = ""
         else:
             want, err_note = base_out, "err vs torch"
         torch_row = dict(nbytes=nbytes, peak_gbs=bw, note="gather + SDPA",
-                         max_err=max_abs_err(base_out, want) if small else None)
+                         max_err=rel_err(base_out, want) if small else None)
         del base_out
         impl_rows(report, "paged_attention", device, args, row_op="paged_decode", shape=shape,
                   baselines={"torch": (lambda: torch_gather_sdpa(*args), torch_row)},
-                  reps=warm, err_fn=lambda out: max_abs_err(out, want),
+                  reps=warm, err_fn=lambda out: rel_err(out, want),
                   skip=() if small else ("reference",), nbytes=nbytes, peak_gbs=bw, note=err_note)
         del args
         if device.type == "cuda":
@@ -108,7 +109,7 @@ def bench_write_kv_cache(report, device, quick: bool, bw: float) -> None:
         want_k = k_cache.clone()
         impl_rows(report, "write_kv_cache", device, (k, v, k_cache, v_cache, slots), shape=shape,
                   baselines={"torch": (torch_write, dict(nbytes=nbytes, peak_gbs=bw))},
-                  setup=k_cache.zero_, err_fn=lambda _: max_abs_err(k_cache, want_k),
+                  setup=k_cache.zero_, err_fn=lambda _: rel_err(k_cache, want_k),
                   nbytes=nbytes, peak_gbs=bw)
 
 

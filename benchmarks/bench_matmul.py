@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import (SLOW_CALL_MS, copy_bandwidth_gbs, impl_rows, main_for, max_abs_err,
-                               time_ms, timed_call)
+from benchmarks.common import (SLOW_CALL_MS, copy_bandwidth_gbs, impl_rows, main_for,
+                               reference_output, rel_err, time_ms, timed_call)
 
 # (name, K, N) projections: Llama-3-8B (hidden 4096, 8 KV heads of 128, MLP 14336) and
 # Qwen-2.5-7B (hidden 3584, 4 KV heads of 128, MLP 18944).
@@ -44,14 +44,16 @@ def _reps(device, flops):
 
 def _impl_rows(report, op, shape, device, args, kwargs, torch_fn, flops=None, nbytes=None,
                peak=None, **torch_kw):
-    """The torch row (its output is the reference for max err) and the pk rows, timed
-    together (interleaved: the same load for each)."""
-    ref_out, _ = timed_call(torch_fn, device)   # also its warm-up call
+    """The torch row and the pk rows, timed together (interleaved: the same load for each);
+    errors against the reference on upcast copies (torch's own sets the tolerance)."""
+    torch_out, _ = timed_call(torch_fn, device)   # also its warm-up call
+    want = reference_output(op, args, kwargs)
     sizes = dict(flops=flops, nbytes=nbytes, peak_gbs=peak)
     impl_rows(report, op, device, args, kwargs, shape=shape,
               reps=_reps(device, flops or 0),
-              baselines={"torch": (torch_fn, {**sizes, **torch_kw})},
-              err_fn=lambda out: max_abs_err(out, ref_out), **sizes)
+              baselines={"torch": (torch_fn, {**sizes, **torch_kw,
+                                              "max_err": rel_err(torch_out, want)})},
+              err_fn=lambda out: rel_err(out, want), **sizes)
 
 
 def bench_gemm(report, device, M, K, N, dtype, bias=False, activation=None, op="matmul",
@@ -138,12 +140,12 @@ def bench_scaled(report, device, M, K, N, dtype, label=""):
     except Exception as e:  # e.g. _scaled_mm needs sm89+
         report.add(op="scaled_matmul", shape=shape, impl="torch", ms=float("nan"),
                    note=f"failed: {e}"[:80])
-        want = pk.reference.scaled_matmul(qa, qb, sa, sb, None, torch.bfloat16)
+        want = reference_output("scaled_matmul", (qa, qb, sa, sb), dict(out_dtype=torch.bfloat16))
         torch_fn = None
     if torch_fn is None:
         impl_rows(report, "scaled_matmul", device, (qa, qb, sa, sb), dict(out_dtype=torch.bfloat16),
                   shape=shape, reps=_reps(device, flops), flops=flops,
-                  err_fn=lambda out: max_abs_err(out, want))
+                  err_fn=lambda out: rel_err(out, want))
         return
     _impl_rows(report, "scaled_matmul", shape, device, (qa, qb, sa, sb),
                dict(out_dtype=torch.bfloat16), torch_fn, flops=flops)

@@ -3,7 +3,8 @@
 Usage: ``python -m benchmarks.suite [--device cpu|cuda] [--quick] [--csv F] [--json F]
 [--plot F.png] [--only attention,matmul]``. A script that fails is reported and the suite
 exits non-zero after running the rest. After the table: per workload, the default (unpinned)
-call's speed over the best row of the run (goal >= 0.97x).
+call's speed over the best row of the run (goal >= 0.97x). Progress goes to stderr: a line
+``[k/K] bench_x (elapsed, ETA)`` per script, then ``[i/N] <row> ...`` per row (common.Progress).
 """
 from __future__ import annotations
 
@@ -15,9 +16,25 @@ import traceback
 
 import torch
 
-from .common import Report, add_common_args, default_device, environment
+from .common import Progress, Report, add_common_args, default_device, environment, fmt_duration
 
-SCRIPTS = ["bench_merge", "bench_attention", "bench_decode", "bench_matmul", "bench_dispatch"]
+SCRIPTS = ["bench_merge", "bench_attention", "bench_decode", "bench_varlen_paged", "bench_matmul",
+           "bench_dispatch"]
+
+
+def _when(left: list[str], device, quick: bool, elapsed: float, done: int, total: int) -> str:
+    """"elapsed mm:ss, ETA mm:ss" before the first of the scripts ``left``: the ETA is the sum
+    of their last completed runs' times where all are known, else elapsed per script so far
+    times the scripts left (none before the first)."""
+    last = [Progress.expected_s(name, device, quick) for name in left]
+    if all(t is not None for t in last):
+        eta = sum(last)
+    elif done:
+        eta = elapsed / done * (total - done)
+    else:
+        eta = None
+    return (f"elapsed {fmt_duration(elapsed)}"
+            + ("" if eta is None else f", ETA {fmt_duration(eta)}"))
 
 
 def main(argv=None) -> int:
@@ -29,16 +46,23 @@ def main(argv=None) -> int:
     report = Report(str(device), meta=environment(device))
     wanted = SCRIPTS if not args.only else [f"bench_{n.strip()}" for n in args.only.split(",")]
     failed = []
-    for name in wanted:
-        print(f"== {name} on {device}", file=sys.stderr, flush=True)
+    suite_start = time.perf_counter()
+    for k, name in enumerate(wanted):
+        when = _when(wanted[k:], device, args.quick, time.perf_counter() - suite_start, k,
+                     len(wanted))
+        print(f"[{k + 1}/{len(wanted)}] {name} on {device} ({when})", file=sys.stderr, flush=True)
         start = time.perf_counter()
+        report.progress = Progress.for_script(name, device, args.quick)
         try:
             module = importlib.import_module(f"benchmarks.{name}")
             module.run(report, device, args.quick)
+            report.progress.finish()
         except Exception:
             traceback.print_exc()
             failed.append(name)
-        print(f"== {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        print(f"[{k + 1}/{len(wanted)}] {name}: {report.progress.done} rows in "
+              f"{fmt_duration(time.perf_counter() - start)}", file=sys.stderr, flush=True)
+    report.finish()
     print(report.header())
     print(report.table())
     if report.summary():

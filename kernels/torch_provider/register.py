@@ -4,7 +4,7 @@ our kernels (100 / 110). Backend "torch" itself is built in (dispatch/builtin.py
 from __future__ import annotations
 
 from ..dispatch import register_impl
-from . import attention, matmul, quantized
+from . import attention, matmul, paged, quantized
 
 PRIORITY = 50
 
@@ -12,6 +12,8 @@ IMPLS = {
     "attention": (attention.attention, attention.attention_supports),
     "attention_backward": (attention.attention_backward, attention.attention_backward_supports),
     "varlen_attention": (attention.varlen_attention, attention.varlen_attention_supports),
+    "paged_attention": (paged.paged_attention, paged.paged_attention_supports),
+    "varlen_paged_attention": (paged.varlen_paged_attention, paged.varlen_paged_attention_supports),
     "matmul": (matmul.matmul, matmul.matmul_supports),
     "linear": (matmul.linear, matmul.linear_supports),
     "scaled_matmul": (matmul.scaled_matmul, matmul.scaled_matmul_supports),

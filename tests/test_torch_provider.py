@@ -49,7 +49,7 @@ def test_registered_for_every_device_type():
     torch_row = rows["torch"]
     assert torch_row["device_types"] == ("*",) and torch_row["available"]
     assert {"attention:torch", "attention_backward:torch", "varlen_attention:torch",
-            "matmul:torch", "linear:torch",
+            "paged_attention:torch", "varlen_paged_attention:torch", "matmul:torch", "linear:torch",
             "scaled_matmul:torch", "grouped_matmul:torch",
             "quantized_linear:torch"} == set(torch_row["impls"])
 

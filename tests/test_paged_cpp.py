@@ -14,6 +14,7 @@ from polykernels import _extension
 from polykernels import reference as ref
 from polykernels.reference.paged_ref import gather_kv
 
+from _threads import at_thread_counts
 from test_attention_cpp import FLOOR, LSE_TOL, torch_same_dtype
 
 pytestmark = pytest.mark.skipif(_extension.unavailable_reason() is not None,
@@ -116,14 +117,7 @@ def test_paged_fp8(isa, dtype):
 def test_paged_threads_identical():
     _extension.load()
     args = paged_case(torch.bfloat16, False, [1500, 40], 1, 8, 2, 64, 16)
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        o1, l1 = run_paged(args)
-        torch.set_num_threads(2)
-        o2, l2 = run_paged(args)
-    finally:
-        torch.set_num_threads(prev)
+    (o1, l1), (o2, l2) = at_thread_counts(lambda: run_paged(args))
     assert torch.equal(o1, o2) and torch.equal(l1, l2)
 
 

@@ -37,6 +37,7 @@ from polykernels import reference as ref
 from polykernels.reference.paged_ref import gather_kv
 from polykernels.reference.paged_ref import varlen_paged_attention as ref_varlen_paged
 
+from _threads import at_thread_counts
 from test_attention_cpp import FLOOR, LSE_TOL, torch_same_dtype
 from test_reference_attention import naive_attention
 from test_reference_paged import naive_gather
@@ -363,20 +364,10 @@ def test_cpp_split_keys_with_padded_slot(isa):
 @needs_ext
 def test_cpp_threads_identical():
     c = _split_case()
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        o1, l1 = run_cpp(c)
-        torch.set_num_threads(2)
-        o2, l2 = run_cpp(c)
-        c2 = make_case([0, 1, 7, 16, 17, 40], [5, 1, 30, 16, 90, 0], bs=5, hq=4, hkv=2, d=80,
-                       dtype=torch.float16, alibi="sh")
-        torch.set_num_threads(1)
-        o3, l3 = run_cpp(c2)
-        torch.set_num_threads(2)
-        o4, l4 = run_cpp(c2)
-    finally:
-        torch.set_num_threads(prev)
+    (o1, l1), (o2, l2) = at_thread_counts(lambda: run_cpp(c))
+    c2 = make_case([0, 1, 7, 16, 17, 40], [5, 1, 30, 16, 90, 0], bs=5, hq=4, hkv=2, d=80,
+                   dtype=torch.float16, alibi="sh")
+    (o3, l3), (o4, l4) = at_thread_counts(lambda: run_cpp(c2))
     assert torch.equal(o1, o2) and torch.equal(l1, l2), "1 vs 2 threads differ (split case)"
     assert torch.equal(o3, o4) and torch.equal(l3, l4), "1 vs 2 threads differ (mixed case)"
 

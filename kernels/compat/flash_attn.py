@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import torch
 from torch import Tensor
@@ -87,11 +88,7 @@ def _fa_mask(causal, window_size, seqlen_q: int, seqlen_k: int, has_alibi: bool)
     Returns (causal, (left, right)) for the polykernels ops."""
     if not isinstance(causal, bool):
         raise TypeError(f"causal: expected bool, got {type(causal).__name__}")
-    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
-        raise ValueError(f"window_size: expected a pair (left, right) of ints, -1 = unbounded, "
-                         f"got {window_size!r}")
-    left, right = (max(_checks.integer(w, f"window_size[{i}]"), -1)
-                   for i, w in enumerate(window_size))
+    left, right = _window_pair(window_size)
     if left >= seqlen_k:
         left = -1
     if right >= seqlen_k:
@@ -101,6 +98,18 @@ def _fa_mask(causal, window_size, seqlen_q: int, seqlen_k: int, has_alibi: bool)
     if causal:
         right = 0
     return causal, (left, right)
+
+
+def _window_pair(window_size) -> tuple[int, int]:
+    """``window_size`` checked by ``checks.window_pair``, any negative side read as -1
+    (flash-attn's unbounded); its errors name ``window_size``."""
+    pair = window_size
+    if isinstance(pair, (tuple, list)) and len(pair) == 2:
+        pair = tuple(-1 if isinstance(w, numbers.Integral) and w < 0 else w for w in pair)
+    try:
+        return _checks.window_pair(pair)
+    except (TypeError, ValueError) as e:   # "window: ..." / "window[i]: ..."
+        raise type(e)(re.sub(r"^window\b", "window_size", str(e))) from None
 
 
 def _tensor(x, name: str, ndim: int) -> Tensor:

@@ -73,13 +73,21 @@ def paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, *, softmax_
                          return_lse=False, k_scale=1.0, v_scale=1.0) -> tuple:
     """Validate public arguments; return the op's internal arguments."""
     checks.paged(q, k_cache, v_cache, block_table, seq_lens)
+    return (q, k_cache, v_cache, block_table, seq_lens) + _attention_args(
+        q, k_cache, q.shape[0], q.shape[2], softmax_scale, window, softcap, alibi_slopes, sinks,
+        k_scale, v_scale)
+
+
+def _attention_args(q, k_cache, num_seqs: int, heads_q: int, softmax_scale, window, softcap,
+                    alibi_slopes, sinks, k_scale, v_scale) -> tuple:
+    """The paged ops' shared trailing internal arguments, validated: (softmax_scale,
+    window_left, window_right, softcap, alibi_slopes, k_scale, v_scale, kv_scales, sinks)."""
     k_scale, v_scale, kv_scales = checks.kv_cache_scales(k_scale, v_scale, k_cache)
     wl, wr = checks.window_pair(window)
     scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
-    checks.alibi(alibi_slopes, q, q.shape[0], q.shape[2])
-    sinks = checks.sinks(sinks, q, q.shape[2])
-    return (q, k_cache, v_cache, block_table, seq_lens, scale, wl, wr, softcap, alibi_slopes,
-            k_scale, v_scale, kv_scales, sinks)
+    checks.alibi(alibi_slopes, q, num_seqs, heads_q)
+    sinks = checks.sinks(sinks, q, heads_q)
+    return scale, wl, wr, softcap, alibi_slopes, k_scale, v_scale, kv_scales, sinks
 
 
 @define("varlen_paged_attention")
@@ -148,13 +156,9 @@ def varlen_paged_attention_args(q, k_cache, v_cache, block_table, seq_lens, cu_s
                              "(torch.compile, meta tensors)")
         max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
     checks.varlen_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q)
-    k_scale, v_scale, kv_scales = checks.kv_cache_scales(k_scale, v_scale, k_cache)
-    wl, wr = checks.window_pair(window)
-    scale, softcap = checks.scalar_args(softmax_scale, softcap, q.shape[-1])
-    checks.alibi(alibi_slopes, q, seq_lens.shape[0], q.shape[1])
-    sinks = checks.sinks(sinks, q, q.shape[1])
-    return (q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, scale, wl, wr,
-            softcap, alibi_slopes, k_scale, v_scale, kv_scales, sinks)
+    return (q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q
+            ) + _attention_args(q, k_cache, seq_lens.shape[0], q.shape[1], softmax_scale, window,
+                                softcap, alibi_slopes, sinks, k_scale, v_scale)
 
 
 @define("write_kv_cache", mutates_args=("k_cache", "v_cache"))

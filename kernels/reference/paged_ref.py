@@ -18,10 +18,13 @@ import torch
 from .attention_ref import attention
 
 
-def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int, scale,
-              dtype: torch.dtype) -> torch.Tensor:
-    """One sequence's keys or values [seq_len, heads_kv, D] in ``dtype`` (dequantised: fp8
-    values times ``scale``, a float or a per-KV-head tensor [heads_kv])."""
+def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int, scale=1.0,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One sequence's keys or values [seq_len, heads_kv, D] (an index copy of its blocks) in
+    ``dtype``, default the cache's (dequantised: fp8 values times ``scale``, a float or a
+    per-KV-head tensor [heads_kv])."""
+    if dtype is None:
+        dtype = cache.dtype
     block_size = cache.shape[1]
     nblocks = (seq_len + block_size - 1) // block_size
     blocks = block_table_row[:nblocks].long()

@@ -17,17 +17,11 @@ from __future__ import annotations
 import torch
 
 from ..ops import checks
+from ..reference.paged_ref import gather_kv
 from . import attention as flash
 from .common import cpu_only_reason
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _gather(cache, table_row, seq_len: int):
-    """One sequence's [seq_len, Hkv, D] (an index copy of its blocks)."""
-    bs = cache.shape[1]
-    n = -(-seq_len // bs)
-    return cache[table_row[:n].long()].flatten(0, 1)[:seq_len]
 
 
 def _one(q, k_cache, v_cache, table_row, seq_len: int, scale: float):
@@ -35,7 +29,7 @@ def _one(q, k_cache, v_cache, table_row, seq_len: int, scale: float):
     q_len, hq, d = q.shape
     if q_len == 0:
         return q.new_zeros(0, hq, d), q.new_zeros(hq, 0, dtype=torch.float32)
-    k, v = _gather(k_cache, table_row, seq_len), _gather(v_cache, table_row, seq_len)
+    k, v = gather_kv(k_cache, table_row, seq_len), gather_kv(v_cache, table_row, seq_len)
     hk = k.shape[1]
     if q_len == 1 and seq_len > 0 and hk != hq:
         # fold: the g query heads of a KV head become g query rows (all see every key)

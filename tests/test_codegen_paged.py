@@ -34,7 +34,8 @@ ALIGNED = {"Q", "K", "V", "OUT", "KC", "VC", "PO", "OA", "OB", "stride_qs", "str
            "stride_poh", "stride_kch", "stride_vch", "stride_kt", "stride_vt", "s_oa_b",
            "s_oa_r", "s_oa_h", "s_ob_b", "s_ob_r", "s_ob_h", "s_o_b", "s_o_r", "s_o_h"}
 UNIT_STRIDES = {"stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_pod", "s_oa_d",
-                "s_ob_d", "s_o_d", "stride_kcd", "stride_vcd"}
+                "s_ob_d", "s_o_d", "stride_kcd", "stride_vcd",
+                "stride_btb"}   # the launcher makes block-table columns contiguous
 MATRIX = ("wgmma.mma_async", "mma.sync", "v_mfma")
 
 # decode: (q dtype, cache dtype, head dim, rows = q_len * group, features)
@@ -48,9 +49,12 @@ DECODE = {
     "bf16-fp8cache-D128-rows16": ("bf16", "fp8", 128, 16, {}),
     "bf16-fp8cache-D128-rows16-head-scales": ("bf16", "fp8", 128, 16, dict(HAS_KV_SCALES=True)),
     # varlen_paged_attention: packed queries (cu_seqlens_q), prefill-sized row tiles
-    "bf16-D128-rows32-varlen": ("bf16", "bf16", 128, 32, dict(VARLEN=True)),
+    "bf16-D128-rows32-varlen": ("bf16", "bf16", 128, 32, dict(VARLEN=True, MULTI_TOKEN=True)),
     "fp16-D64-rows64-varlen-window-alibi": ("fp16", "fp16", 64, 64,
-                                            dict(VARLEN=True, HAS_WINDOW=True, HAS_ALIBI=True)),
+                                            dict(VARLEN=True, HAS_WINDOW=True, HAS_ALIBI=True,
+                                                 MULTI_TOKEN=True)),
+    # q_len > 1 (speculative decoding): rows of several tokens, the hidden-NaN-V path
+    "bf16-D128-rows32-qlen4-window": ("bf16", "bf16", 128, 32, dict(HAS_WINDOW=True, MULTI_TOKEN=True)),
 }
 
 
@@ -94,7 +98,7 @@ def _compile_case(case: str) -> dict:
                 "KVS": "fp32", "SINKS": "fp32", "OUT": qd, "LSE": "fp32"}
         consts = dict(BLOCK_M=rows, BLOCK_N=cfg.block_n, BLOCK_D=dim, HAS_WINDOW=False,
                       HAS_SOFTCAP=False, HAS_ALIBI=False, DOT_FP32=False, VARLEN=False,
-                      HAS_KV_SCALES=False, HAS_SINKS=False)
+                      HAS_KV_SCALES=False, HAS_SINKS=False, SCAN=128, MULTI_TOKEN=False)
         consts.update(feats)
     elif kind == "reduce":
         cfg, kernel = cfgs.reduce_config(), reduce_splits_kernel

@@ -27,10 +27,24 @@ def _tanh(x):
 
 
 @triton.jit
+def _cu_seqlens_invalid(CU, num_seqs, total, max_len, SCAN: tl.constexpr):
+    """Whether offsets CU[0..num_seqs] are not 0 .. total, non-decreasing, each run <= max_len.
+    Every program scans them all (num_seqs + 1 ints, L2-resident): one bad run can make two
+    valid-looking ones overlap, so no program can judge its own run alone."""
+    bad = (tl.load(CU) != 0) | (tl.load(CU + num_seqs) != total)
+    for i0 in range(0, num_seqs, SCAN):
+        i = i0 + tl.arange(0, SCAN)
+        ok = i < num_seqs
+        run = tl.load(CU + i + 1, mask=ok, other=0) - tl.load(CU + i, mask=ok, other=0)
+        bad = bad | (tl.max((ok & ((run < 0) | (run > max_len))).to(tl.int32), 0) > 0)
+    return bad
+
+
+@triton.jit
 def paged_decode_kernel(
     Q, K, V, BT, SL, CU_Q, ALIBI, KVS, SINKS, OUT, LSE,
     qk_scale, v_scale, softcap, window_left,
-    q_len, group, head_dim, block_size, num_splits, row_chunks,
+    q_len, group, head_dim, block_size, num_splits, row_chunks, num_blocks, max_blocks,
     stride_qs, stride_qt, stride_qh, stride_qd,
     stride_kb, stride_kt, stride_kh, stride_kd,
     stride_vb, stride_vt, stride_vh, stride_vd,
@@ -39,7 +53,8 @@ def paged_decode_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr, DOT_FP32: tl.constexpr, VARLEN: tl.constexpr,
-    HAS_KV_SCALES: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_KV_SCALES: tl.constexpr, HAS_SINKS: tl.constexpr, SCAN: tl.constexpr,
+    MULTI_TOKEN: tl.constexpr,
 ):
     """Attention of the last q_len tokens of sequence ``s`` for the query heads of KV head
     ``kvh`` over this program's share of the keys.
@@ -64,6 +79,13 @@ def paged_decode_kernel(
     [num_splits, Hq, total_q]. With num_splits == 1 that is the final output (q dtype) and
     lse, otherwise fp32 partials for ``reduce_splits_kernel``. HAS_SINKS: SINKS fp32 [Hq]
     attention sinks, added here when num_splits == 1 and by the reduce otherwise (once).
+
+    Index values are not trusted (docs/dispatch.md, "Index values"): seq_lens, cu_seqlens_q
+    (VARLEN) and the block ids a program reads are range-checked here.
+    A bad one never addresses memory (reads are clamped into the tensors) and every row
+    that depends on it is NaN, lse NaN: a sequence whose seq_len or query run is wrong, the
+    rows that read a bad block id, and every row of a VARLEN batch whose cu_seqlens_q is
+    wrong (runs may overlap or leave rows to no program, so all of them).
     """
     s = tl.program_id(0)
     kvh = tl.program_id(1) // row_chunks
@@ -77,11 +99,25 @@ def paged_decode_kernel(
 
     seq_len = tl.load(SL + s)
     if VARLEN:
-        q0 = tl.load(CU_Q + s)
-        n_q = tl.load(CU_Q + s + 1) - q0
+        # This sequence's run, clamped into [0, total_q). With the outer ends pinned to 0 and
+        # total_q, the runs of all sequences cover every row even when cu_seqlens_q is wrong
+        # (each row x lies in the run of the last s whose start is <= x), so every row gets
+        # written (NaN then).
+        q0 = tl.where(s == 0, 0, tl.minimum(tl.maximum(tl.load(CU_Q + s), 0), q_len))
+        q1 = tl.where(s == tl.num_programs(0) - 1, q_len,
+                      tl.minimum(tl.maximum(tl.load(CU_Q + s + 1), q0), q_len))
+        n_q = q1 - q0
+        # A run longer than the grid's rows (max_seqlen_q understated) is an error only
+        # where it would leave rows uncomputed: the bound is what the row chunks cover.
+        bad = _cu_seqlens_invalid(CU_Q, tl.num_programs(0), q_len, (row_chunks * BLOCK_M) // group,
+                                  SCAN)
     else:
         q0 = 0
         n_q = q_len
+        bad = seq_len != seq_len  # False, as a run-time value like the VARLEN one
+    cap = max_blocks * block_size
+    bad = bad | (seq_len < 0) | (seq_len > cap) | ((seq_len > 0) & (seq_len < n_q))
+    seq_len = tl.minimum(tl.maximum(seq_len, 0), cap)  # keys stay inside the table row
     n_rows = n_q * group
     rows = chunk * BLOCK_M + tl.arange(0, BLOCK_M)
     tok = rows // group
@@ -105,23 +141,37 @@ def paged_decode_kernel(
     # cut into num_splits chunks of whole tiles (so splits never share a tile).
     first_tok = (chunk * BLOCK_M) // group
     last_tok = (tl.minimum((chunk + 1) * BLOCK_M, n_rows) - 1) // group
-    hi = tl.maximum(seq_len - n_q + last_tok + 1, 0)
+    pos_first = seq_len - n_q + first_tok
+    pos_last = seq_len - n_q + last_tok
+    hi = tl.maximum(pos_last + 1, 0)
     lo = 0
     if HAS_WINDOW:
-        lo = tl.maximum(seq_len - n_q + first_tok - window_left, 0)
+        lo = tl.maximum(pos_first - window_left, 0)
     hi = tl.where(chunk * BLOCK_M < n_rows, tl.maximum(hi, lo), lo)
     n_tiles = tl.cdiv(hi - lo, BLOCK_N)
     tiles_per_split = tl.cdiv(n_tiles, num_splits)
     start = lo + split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, hi)
 
+    bt_base = BT + s.to(tl.int64) * stride_bts
+    # The block ids this program reads through, checked before any is used (a check in the
+    # key loop spilled SGPRs on gfx90a). Any bad index: no key is read, and the softmax
+    # denominator is NaN, which every result of the rows inherits (out = acc / l,
+    # lse = m + log l, the split reduce's weights).
+    last_blk = tl.cdiv(end, block_size)
+    n_bad = 0
+    for b0 in range(start // block_size, last_blk, SCAN):
+        b = b0 + tl.arange(0, SCAN)
+        ids = tl.load(bt_base + b * stride_btb, mask=b < last_blk, other=0)
+        n_bad += tl.sum(((ids < 0) | (ids >= num_blocks)).to(tl.int32), 0)
+    bad = bad | (n_bad > 0)
+    end = tl.where(bad, start, end)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
+    l_i = tl.where(bad, float("nan"), tl.zeros([BLOCK_M], tl.float32))
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     k_base = K + kvh.to(tl.int64) * stride_kh
     v_base = V + kvh.to(tl.int64) * stride_vh
-    bt_base = BT + s.to(tl.int64) * stride_bts
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < end
@@ -162,6 +212,16 @@ def paged_decode_kernel(
         else:
             v = v.to(q.dtype)
             pv = p.to(q.dtype)
+        if MULTI_TOKEN:
+            # A NaN / inf in V would reach every row through its 0 weight (0 * NaN = NaN),
+            # also rows that do not see the key (rows of different tokens see different
+            # keys). Such values are zeroed for the dot and the rows that see one get NaN
+            # (their denominator): hidden ones change nothing. Branch-free (branches spilled
+            # SGPRs on AMD); decode, one token per sequence, compiles none of it.
+            special = (v != v) | (tl.abs(v.to(tl.float32)) == float("inf"))
+            v = tl.where(special, 0.0, v)
+            sees = tl.max(tl.where(visible, tl.max(special.to(tl.int32), 1)[None, :], 0), 1) > 0
+            l_i = tl.where(sees, float("nan"), l_i)
         acc = acc * alpha[:, None] + tl.dot(pv, v)
         m_i = m_new
 
@@ -188,3 +248,19 @@ def paged_decode_kernel(
     tl.store(OUT + t_row[:, None] * head_dim + d[None, :], out.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + l_off, lse, mask=row_ok)
+
+    if VARLEN:
+        # A run longer than the row chunks cover (max_seqlen_q understated; always a bad
+        # cu_seqlens_q) has rows no program computes: the last chunk writes them NaN.
+        if chunk == row_chunks - 1:
+            for r0 in range(row_chunks * BLOCK_M, n_rows, BLOCK_M):
+                r = r0 + tl.arange(0, BLOCK_M)
+                r_ok = r < n_rows
+                r_tok = q0 + r // group
+                r_head = kvh * group + r % group
+                nan_row = (split.to(tl.int64) * q_len + r_tok) * hq + r_head
+                tl.store(OUT + nan_row[:, None] * head_dim + d[None, :],
+                         tl.full([BLOCK_M, BLOCK_D], float("nan"), tl.float32).to(OUT.dtype.element_ty),
+                         mask=r_ok[:, None] & d_ok[None, :])
+                tl.store(LSE + (split.to(tl.int64) * hq + r_head) * q_len + r_tok,
+                         tl.full([BLOCK_M], float("nan"), tl.float32), mask=r_ok)

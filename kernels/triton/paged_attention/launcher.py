@@ -23,6 +23,8 @@ MAX_BLOCK_SIZE = 256
 # elements compiled spill-free on sm80/sm90/gfx90a/gfx942 (tests/test_codegen_paged.py:
 # 16 x 256, 32 x 128, 64 x 64). More rows than that are split over several programs.
 MAX_TILE_ELEMS = 4096
+# cu_seqlens_q entries the VARLEN kernel checks per step (every program checks them all).
+SCAN_SEQS = 128
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -176,7 +178,9 @@ def varlen_paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlen
     """
     total_q, hq, dim = q.shape
     o, l = _results(out, lse, (total_q, hq, dim), (hq, total_q), q)
-    if o.numel() != 0 and max_seqlen_q != 0:
+    if o.numel() != 0:
+        # max_seqlen_q == 0 with rows to fill is a wrong index argument: the kernel still runs
+        # (one row chunk) to find it and write NaN (see paged_decode_kernel).
         cu_q = cu_seqlens_q.to(torch.int32).contiguous()  # indexed without a stride (tiny)
         _launch_paged(q, (0,) + tuple(q.stride()), cu_q, total_q, int(max_seqlen_q), o, l,
                       k_cache, v_cache, block_table, seq_lens, softmax_scale, window_left, softcap,
@@ -192,9 +196,9 @@ def _launch_paged(q, q_strides, cu_q, q_len, max_q, out, lse, k_cache, v_cache, 
     [total_q, Hq, D], lse [Hq, total_q]; ``max_q`` bounds the per-sequence query count."""
     num_seqs = seq_lens.shape[0]
     hq, dim = q.shape[-2:]
-    _, block_size, hkv, _ = k_cache.shape
+    num_blocks, block_size, hkv, _ = k_cache.shape
     group = hq // hkv
-    rows = max_q * group
+    rows = max(max_q, 1) * group
     block_d = max(16, triton.next_power_of_2(dim))
     block_m = max(16, min(triton.next_power_of_2(rows), MAX_TILE_ELEMS // block_d))
     row_chunks = triton.cdiv(rows, block_m)
@@ -214,6 +218,11 @@ def _launch_paged(q, q_strides, cu_q, q_len, max_q, out, lse, k_cache, v_cache, 
     else:
         alibi, sa = q, (0, 0)  # dummy pointer, never read (HAS_ALIBI False)
     block_table = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
+    if block_table.stride(1) != 1:
+        # Unit column stride, as serving engines allocate it: the JIT then specialises it
+        # away, and that is the variant the codegen tests prove spill-free (on gfx90a the
+        # scalar arguments are at the SGPR limit).
+        block_table = block_table.contiguous()
     # The kernel indexes seq_lens without a stride: a strided view is made contiguous (tiny).
     seq_lens = seq_lens.to(torch.int32).contiguous()
 
@@ -222,13 +231,14 @@ def _launch_paged(q, q_strides, cu_q, q_len, max_q, out, lse, k_cache, v_cache, 
             q, k_cache, v_cache, block_table, seq_lens, cu_q if varlen else seq_lens, alibi,
             kvs if kvs is not None else seq_lens, sinks if sinks is not None else seq_lens, o, l,
             qk_scale, vs, float(softcap) if has_softcap else 1.0, wl,
-            q_len, group, dim, block_size, splits, row_chunks,
+            q_len, group, dim, block_size, splits, row_chunks, num_blocks, block_table.shape[1],
             *q_strides, *k_cache.stride(), *v_cache.stride(),
             *block_table.stride(), *sa,
             BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             HAS_WINDOW=has_window, HAS_SOFTCAP=has_softcap, HAS_ALIBI=alibi_slopes is not None,
             DOT_FP32=dot_in_fp32(q.dtype), VARLEN=varlen, HAS_KV_SCALES=kvs is not None,
-            HAS_SINKS=sinks is not None, **cfg.launch_options())
+            HAS_SINKS=sinks is not None, SCAN=SCAN_SEQS, MULTI_TOKEN=max_q > 1,
+            **cfg.launch_options())
 
     def bench_one(cfg):
         return triton.testing.do_bench(lambda: launch(cfg, 1, out, lse))
@@ -283,7 +293,7 @@ def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale, kv_sc
     write_kv_kernel[(t, triton.cdiv(hkv, block_h))](
         k, v, k_cache, v_cache, slot_mapping, kvs if kvs is not None else slot_mapping,
         1.0 / _scale(k_scale) if quant else 1.0, 1.0 / _scale(v_scale) if quant else 1.0,
-        float(fp8_max), hkv, dim, k_cache.shape[1],
+        float(fp8_max), hkv, dim, k_cache.shape[1], k_cache.shape[0] * k_cache.shape[1],
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
         BLOCK_H=block_h, BLOCK_D=block_d, QUANT=quant,
         ROUND_FP8=quant and interpreting(),

@@ -22,7 +22,7 @@ def _round_to_e4m3(x, MIN_EXP: tl.constexpr):
 def write_kv_kernel(
     K, V, KC, VC, SLOT, KVS,
     inv_k_scale, inv_v_scale, fp8_max,
-    heads, head_dim, block_size,
+    heads, head_dim, block_size, num_slots,
     stride_kt, stride_kh, stride_kd,
     stride_vt, stride_vh, stride_vd,
     stride_kcb, stride_kct, stride_kch, stride_kcd,
@@ -31,14 +31,15 @@ def write_kv_kernel(
     ROUND_FP8: tl.constexpr, FP8_MIN_EXP: tl.constexpr, HAS_KV_SCALES: tl.constexpr,
 ):
     """One program per (new token, BLOCK_H heads): ``slot = block * block_size + offset``;
-    slot < 0 is padding and writes nothing. QUANT (fp8 caches) stores value * inv_scale (= value / scale),
+    slot < 0 is padding and writes nothing; so does a slot >= num_slots (a wrong index
+    value: never written out of bounds; see docs/dispatch.md for what that leaves). QUANT (fp8 caches) stores value * inv_scale (= value / scale),
     clamped to the fp8
     range (fp8_max) and rounded to the cache dtype. HAS_KV_SCALES: KVS, contiguous fp32
     [2, heads], divides each head's values further (per-KV-head scales)."""
     t = tl.program_id(0)
     h0 = tl.program_id(1) * BLOCK_H
     slot = tl.load(SLOT + t).to(tl.int64)
-    if slot < 0:
+    if (slot < 0) | (slot >= num_slots):
         return
     blk = slot // block_size
     off = slot % block_size

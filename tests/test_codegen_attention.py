@@ -25,6 +25,10 @@ CASES += [f"{k}:bf16:256:plain:{t}" for t in TARGET_NAMES for k in KINDS[1:]]
 # fp32 ("ieee" dots: FMA on NVIDIA, fp32 MFMA on AMD): spill-free, fits shared memory.
 CASES += [f"{k}:fp32:{d}:plain:{t}" for t in ("sm90", "gfx942") for k in KINDS for d in (128, 256)]
 CASES += [f"{k}:bf16:{d}:features:{t}" for t in TARGET_NAMES for k in KINDS for d in (64, 128)]
+# causal / window forward: the hidden-NaN-V guard compiled in (configs_*.fwd_configs(masked=))
+CASES += [f"fwd:{dt}:{d}:causal:{t}" for t in TARGET_NAMES for dt in ("fp16", "bf16")
+          for d in (64, 128, 256)]
+CASES += [f"fwd:fp32:{d}:causal:{t}" for t in ("sm90", "gfx942") for d in (128, 256)]
 # MLA-style forward: q/k head dim 192, v head dim 128 (FlashAttention-3's d != dv case)
 CASES += [f"fwd:bf16:192:mla:{t}" for t in TARGET_NAMES]
 
@@ -45,10 +49,12 @@ def _compile_case(case: str, cfg=None) -> dict:
 
     kind, dt, d, variant, target = case.split(":")
     d, features = int(d), variant == "features"
+    masked = variant in ("features", "causal")   # the forward's hidden-NaN-V guard compiled in
     cfgs = configs_amd if target.startswith("gfx") else configs_nvidia
     if cfg is None:  # the vendor default for this shape
+        extra = dict(masked=masked) if kind == "fwd" else {}
         cfg = getattr(cfgs, f"{kind}_configs")(d, getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dt]),
-                                               _ARCH[target], features)[0]
+                                               _ARCH[target], features, **extra)[0]
     kernel = {"fwd": forward.attn_fwd_kernel, "bwd_dkdv": backward.attn_bwd_dkdv_kernel,
               "bwd_dq": backward.attn_bwd_dq_kernel}[kind]
     block_d = 16
@@ -58,6 +64,7 @@ def _compile_case(case: str, cfg=None) -> dict:
     consts = dict(HEAD_DIM=d, BLOCK_D=block_d, HEAD_DIM_V=dv, BLOCK_DV=block_dv,
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   IS_VARLEN=features, HAS_SOFTCAP=features, HAS_ALIBI=features, HAS_SINKS=features,
+                  MASKED=masked,
                   DOT_FP32=False,
                   PREC="ieee" if dt == "fp32" else None)
     sig, cx, div16 = {}, {}, []

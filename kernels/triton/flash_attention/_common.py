@@ -59,19 +59,52 @@ def visible(rows, cols, sq, sk, diag, window_left, window_right):
 
 
 @triton.jit
+def _span(CU, b, total):
+    """(start, length) of varlen sequence b, never trusted: both ends are clamped into
+    [0, total], the first start is 0 and the last end is total (as they must be), and a
+    decreasing pair gives length 0. So every address the kernels form stays inside the packed
+    tensors whatever cu_seqlens holds, and, with the ends pinned, each token x in [0, total)
+    lies in [start_s, start_s + length_s) of the last s whose start is <= x (so the rows a
+    program set covers can all be reached, see attn_fwd_kernel). int32 or int64 entries."""
+    start = tl.where(b == 0, 0, tl.minimum(tl.maximum(tl.load(CU + b), 0), total)).to(tl.int32)
+    end = tl.minimum(tl.maximum(tl.load(CU + b + 1), 0), total)
+    end = tl.where(b == tl.num_programs(1) - 1, total, end).to(tl.int32)
+    return start, tl.maximum(end - start, 0)
+
+
+@triton.jit
 def seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
-    """(q_start, sq, k_start, sk) of sequence b: from cu_seqlens when varlen, else (0, Sq, 0, Sk)."""
+    """(q_start, sq, k_start, sk) of sequence b: from cu_seqlens when varlen (clamped, see
+    _span; seqlen_q / seqlen_k carry the totals there), else (0, Sq, 0, Sk). Batch is grid
+    axis 1 in every kernel."""
     if IS_VARLEN:
-        q_start = tl.load(CU_Q + b)
-        sq = tl.load(CU_Q + b + 1) - q_start
-        k_start = tl.load(CU_K + b)
-        sk = tl.load(CU_K + b + 1) - k_start
+        q_start, sq = _span(CU_Q, b, seqlen_q)
+        k_start, sk = _span(CU_K, b, seqlen_k)
     else:
         q_start = 0
         sq = seqlen_q
         k_start = 0
         sk = seqlen_k
     return q_start, sq, k_start, sk
+
+
+@triton.jit
+def cu_seqlens_ok(CU, total, max_len, CHUNK: tl.constexpr):
+    """Whether cu_seqlens[0..batch] is what the kernels assume: starts at 0, ends at total,
+    non-decreasing, no length above max_len. Read by every program (batch + 1 ints, cached;
+    no host sync, no extra launch). Differences cannot overflow before the first violation:
+    up to it every entry lies in [0, total]; later ones do not matter (the result is already
+    False)."""
+    batch = tl.num_programs(1)
+    bad = 0
+    for i0 in range(0, batch + 1, CHUNK):
+        i = i0 + tl.arange(0, CHUNK)
+        c = tl.load(CU + i, mask=i <= batch, other=0)
+        n = tl.load(CU + i + 1, mask=i < batch, other=0)
+        wrong = (((i == 0) & (c != 0)) | ((i == batch) & (c != total))
+                 | ((i < batch) & ((n < c) | (n - c > max_len))))
+        bad += tl.sum(wrong.to(tl.int32), 0)
+    return bad == 0
 
 
 @triton.jit

@@ -71,10 +71,15 @@ def _dkdv_block(k, v, dk, dv, q_base, do_base, lse_base, delta_base, stride_qs, 
     st, tt = scores(mm(k, tl.trans(q), DOT_FP32, PREC), cols, rows, -diag,
                     sm_scale, softcap, slope, HAS_SOFTCAP, HAS_ALIBI)
     pt = tl.exp2(st - lse[None, :])
-    if (start_m < full_lo) | (start_m >= full_hi):
+    partial = (start_m < full_lo) | (start_m >= full_hi)
+    if partial:
         pt = tl.where(tl.trans(visible(rows, cols, sq, sk, diag, window_left, window_right)), pt, 0.0)
     dv += mm(pt.to(do.dtype), do, DOT_FP32, PREC)
     dpt = mm(v, tl.trans(do), DOT_FP32, PREC)
+    if partial:
+        # masked pairs' dP is 0, not dO . V: with NaN / inf in a V row, pt = 0 would still give
+        # 0 * NaN in dS (the reference's rule). Mask recomputed: cheaper than keeping it live.
+        dpt = tl.where(tl.trans(visible(rows, cols, sq, sk, diag, window_left, window_right)), dpt, 0.0)
     dst = pt * (dpt - delta[None, :])
     if HAS_SOFTCAP:
         dst = dst * (1.0 - tt * tt)
@@ -162,7 +167,7 @@ def _dq_block(q, do, lse, delta, dq, k_base, v_base, stride_ks, stride_vs, k_sta
               window_left, window_right, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
               DOT_FP32: tl.constexpr, PREC: tl.constexpr):
     """dq contribution of one key block (element mask skipped for blocks inside the sequence
-    and the window)."""
+    and the window: every row sees every key there)."""
     cols = start_n + offs_n
     kpos = (k_start + cols).to(tl.int64)[:, None]
     kv_mask = (cols[:, None] < sk) & d_ok[None, :]
@@ -171,9 +176,13 @@ def _dq_block(q, do, lse, delta, dq, k_base, v_base, stride_ks, stride_vs, k_sta
     s, t = scores(mm(q, tl.trans(k), DOT_FP32, PREC), rows, cols, diag, sm_scale, softcap,
                   slope, HAS_SOFTCAP, HAS_ALIBI)
     p = tl.exp2(s - lse[:, None])
-    if (start_n < full_lo) | (start_n >= full_hi):
-        p = tl.where(visible(rows, cols, sq, sk, diag, window_left, window_right), p, 0.0)
     dp = mm(do, tl.trans(v), DOT_FP32, PREC)
+    if (start_n < full_lo) | (start_n >= full_hi):
+        # masked pairs: p = 0 and dP = 0, not dO . V (0 * NaN from a V row this row cannot see
+        # would reach its dq; the reference's rule)
+        vis = visible(rows, cols, sq, sk, diag, window_left, window_right)
+        p = tl.where(vis, p, 0.0)
+        dp = tl.where(vis, dp, 0.0)
     ds = p * (dp - delta[:, None])
     if HAS_SOFTCAP:
         ds = ds * (1.0 - t * t)

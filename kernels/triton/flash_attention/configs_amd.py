@@ -18,8 +18,10 @@ def _c(bm, bn, warps, stages=1, waves=2):
                         extra=(("waves_per_eu", waves),))
 
 
-def fwd_configs(head_dim: int, dtype: torch.dtype, arch: str, features: bool = False) -> list[KernelConfig]:
-    """``features``: softcap, ALiBi or varlen is on (more scalar arguments and live values)."""
+def fwd_configs(head_dim: int, dtype: torch.dtype, arch: str, features: bool = False,
+                masked: bool = False) -> list[KernelConfig]:
+    """``features``: softcap, ALiBi or varlen is on (more scalar arguments and live values);
+    ``masked`` (causal / window: the hidden-NaN-V guard) compiles spill-free with the same."""
     if dtype == torch.float32:  # spill-free on gfx942 (fp32 MFMA tiles are register-hungry)
         return [_c(64, 32, 4), _c(32, 32, 4)] if head_dim <= 128 else [_c(32, 16, 4)]
     if head_dim <= 128:

@@ -18,16 +18,24 @@ def _c(bm, bn, warps, stages):
 
 
 def fwd_configs(head_dim: int, dtype: torch.dtype, capability: tuple[int, int],
-                features: bool = False) -> list[KernelConfig]:
+                features: bool = False, masked: bool = False) -> list[KernelConfig]:
+    """``masked``: causal or a window, which compiles the hidden-NaN-V guard (more registers
+    live in the key loop)."""
     if dtype == torch.float32:  # fp32 dots run on FMA units ("ieee"): keep tiles small
-        # (measured spill-free: 64x32 at D128 on sm90, 32x16 at D256 on sm80)
-        return [_c(64, 32, 4, 2), _c(32, 32, 4, 2)] if head_dim <= 128 else [_c(32, 16, 4, 1)]
+        # (measured spill-free: 64x32 at D128 on sm90, 32x16 at D256 on sm80; masked, 64x32
+        # with 2 stages spills 128 bytes on sm90, 1 stage none)
+        if head_dim <= 128:
+            return [_c(64, 32, 4, 1), _c(32, 32, 4, 2)] if masked else [_c(64, 32, 4, 2), _c(32, 32, 4, 2)]
+        return [_c(32, 16, 4, 1)]
     if head_dim <= 64:  # 128x64 with 4 warps spills (32 bytes sm80, 8 sm90)
         return [_c(128, 64, 8, 3), _c(64, 64, 4, 3), _c(128, 128, 8, 3)]
     if head_dim <= 128:
         # 128x64 with 4 warps spills 128 bytes on sm80 (255 registers); 8 warps: 193, none.
         return [_c(128, 64, 8, 3), _c(128, 128, 8, 3), _c(64, 64, 4, 3)]
     # head_dim 256: 4 warps spill on both (64x64: 136 bytes sm80, 56 sm90; 64x32: 80 sm80).
+    # Masked on sm80: 64x64 spills 56-120 bytes, 64x32 none.
+    if masked and capability[0] < 9:
+        return [_c(64, 32, 8, 2), _c(64, 64, 8, 2)]
     return [_c(64, 64, 8, 2), _c(64, 32, 8, 2)]
 
 

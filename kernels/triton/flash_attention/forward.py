@@ -9,8 +9,8 @@ attention kernels ran out of SGPRs with the extra strides).
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, full_block_range, mm, row_stat_base, scores, seq_bounds, token_base,
-                      visible)
+from ._common import (LOG2E, cu_seqlens_ok, full_block_range, mm, row_stat_base, scores, seq_bounds,
+                      token_base, visible)
 
 
 @triton.jit
@@ -19,7 +19,7 @@ def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok
                   sm_scale, softcap, slope, window_left, window_right, start_n, full_lo, full_hi,
                   m_i, l_i, acc,
                   HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                  DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+                  DOT_FP32: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
     """One key block of the online softmax. The element mask is applied only to blocks that
     are not entirely inside the sequence and the window (see full_block_range): a uniform
     run-time branch, so the loop stays one software-pipelined loop (three loops, one per
@@ -39,6 +39,24 @@ def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok
     alpha = tl.exp2(m_i - m_new_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
+    if MASKED:
+        # A NaN / inf in V would reach rows that do not see its key through their 0 weight
+        # (0 * NaN = NaN). On blocks with masked pairs such values are zeroed for the dot, and
+        # the rows that see one get NaN (their denominator): hidden ones change nothing. Only
+        # a causal mask or a window hides keys from some rows and not others (keys past a
+        # sequence are loaded as 0); without one none of this is compiled.
+        if (start_n < full_lo) | (start_n >= full_hi):
+            finite = tl.abs(v.to(tl.float32)) < float("inf")   # NaN, +-inf: False (fp32: see TRAPS)
+            v = tl.where(finite, v, 0.0)
+            # (the reductions' forms are what compiles spill-free: float sums for fp32 tiles,
+            # integer max otherwise; tests/test_codegen_attention.py)
+            if v.dtype == tl.float32:
+                key_special = tl.sum(tl.where(finite, 0.0, 1.0), 1)
+            else:
+                key_special = 1.0 - tl.min(finite.to(tl.int32), 1).to(tl.float32)
+            seen = visible(rows, cols, sq, sk, diag, window_left, window_right)   # cheaper than keeping s live
+            sees = tl.sum(tl.where(seen, key_special[None, :], 0.0), 1) > 0.0
+            l_i = tl.where(sees, float("nan"), l_i)
     acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, DOT_FP32, PREC)
     return m_new, l_i, acc
 
@@ -50,13 +68,14 @@ def attn_fwd_kernel(
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_ab, stride_ah,
-    seqlen_q, seqlen_k, group,
+    seqlen_q, seqlen_k, max_seqlen_q, max_seqlen_k, group,
     sm_scale, softcap, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr, HAS_SINKS: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
     # Last query blocks first: under a causal mask they do the most work, so the long
     # programs start early instead of forming the tail of the launch.
@@ -68,6 +87,13 @@ def attn_fwd_kernel(
     m_start = pid_m * BLOCK_M
     if m_start >= sq:  # varlen: this sequence is shorter than max_seqlen_q
         return
+    if IS_VARLEN:
+        # cu_seqlens / max_seqlen are never trusted (issue 14): seq_bounds clamped them into
+        # the tensors; if they are not a valid batch at all, no row can be trusted to belong to
+        # its sequence, so every row of the output becomes NaN (lse too) instead of a
+        # plausible value: this program computes nothing and writes NaN.
+        valid = (cu_seqlens_ok(CU_Q, seqlen_q, max_seqlen_q, 128)
+                 & cu_seqlens_ok(CU_K, seqlen_k, max_seqlen_k, 128))
     diag = sk - sq
     b64 = b.to(tl.int64)
 
@@ -95,6 +121,8 @@ def attn_fwd_kernel(
     lo = (lo // BLOCK_N) * BLOCK_N
     hi = tl.minimum(last_row + diag + window_right + 1, sk)
 
+    if IS_VARLEN:
+        hi = tl.where(valid, hi, lo)
     full_lo, full_hi = full_block_range(lo, hi, m_start, m_start + BLOCK_M - 1, diag, window_left,
                                         window_right, sk, BLOCK_N)
 
@@ -105,7 +133,7 @@ def attn_fwd_kernel(
         m_i, l_i, acc = _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok,
                                       dv_ok, rows, sq, sk, diag, sm_scale, softcap, slope, window_left,
                                       window_right, start_n, full_lo, full_hi, m_i, l_i, acc,
-                                      HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC)
+                                      HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PREC, MASKED)
 
     if HAS_SINKS:
         # the head's sink joins the denominator as a key with no value (lse includes it)
@@ -118,8 +146,28 @@ def attn_fwd_kernel(
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+    if IS_VARLEN:
+        out = tl.where(valid, out, float("nan"))
+        lse = tl.where(valid, lse, float("nan"))
     n_heads = tl.num_programs(2)
     tok = token_base(b, q_start, seqlen_q, IS_VARLEN) + rows
     o_ptrs = O + (tok[:, None] * n_heads + h) * HEAD_DIM_V + offs_dv[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(rows[:, None] < sq) & dv_ok[None, :])
-    tl.store(LSE + row_stat_base(b, h, n_heads, seqlen_q, q_start, IS_VARLEN) + rows, lse, mask=rows < sq)
+    lse_base = LSE + row_stat_base(b, h, n_heads, seqlen_q, q_start, IS_VARLEN)
+    tl.store(lse_base + rows, lse, mask=rows < sq)
+    if IS_VARLEN:
+        # A sequence longer than the grid covers (max_seqlen_q lied; only possible when the
+        # batch is invalid) has rows no program computes: the last query block's program
+        # writes NaN over them, so no row keeps what was in the buffer. With the clamped
+        # bounds every row of the packed output belongs to some sequence's range (_span), so
+        # the NaN reaches every row.
+        cover = tl.num_programs(0) * BLOCK_M
+        tail_end = tl.where(pid_m == tl.num_programs(0) - 1, sq, cover)
+        nan_o = tl.full([BLOCK_M, BLOCK_DV], float("nan"), O.dtype.element_ty)
+        nan_l = tl.full([BLOCK_M], float("nan"), tl.float32)
+        for t0 in range(cover, tail_end, BLOCK_M):
+            r = t0 + tl.arange(0, BLOCK_M)
+            t = token_base(b, q_start, seqlen_q, IS_VARLEN) + r
+            tl.store(O + (t[:, None] * n_heads + h) * HEAD_DIM_V + offs_dv[None, :], nan_o,
+                     mask=(r[:, None] < sq) & dv_ok[None, :])
+            tl.store(lse_base + r, nan_l, mask=r < sq)

@@ -33,17 +33,18 @@ def effective_window(causal: bool, window_left: int, window_right: int) -> tuple
 
 
 def _configs(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device,
-             features: bool) -> list[KernelConfig]:
-    """Vendor candidates; ``features``: softcap, ALiBi or varlen (more registers live)."""
+             features: bool, **extra) -> list[KernelConfig]:
+    """Vendor candidates; ``features``: softcap, ALiBi or varlen (more registers live);
+    ``extra``: the forward's ``masked`` (causal or window: its hidden-NaN-V guard)."""
     if interpreting() or device.type != "cuda":
         return [_INTERPRETER_CONFIG]
     if torch.version.hip:
         from . import configs_amd as cfg
         arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
-        return getattr(cfg, f"{kind}_configs")(head_dim, dtype, arch, features)
+        return getattr(cfg, f"{kind}_configs")(head_dim, dtype, arch, features, **extra)
     from . import configs_nvidia as cfg
     return getattr(cfg, f"{kind}_configs")(head_dim, dtype, torch.cuda.get_device_capability(device),
-                                           features)
+                                           features, **extra)
 
 
 def _pick(kind: str, kernel, bucket: tuple, candidates: list[KernelConfig], launch) -> KernelConfig:
@@ -95,6 +96,18 @@ def _check_own(name: str, t: torch.Tensor, shape, dtype) -> None:
                          f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
 
 
+def _cu_args(cu_seqlens_q, cu_seqlens_k):
+    """cu_seqlens as the kernels read them: contiguous (they index without a stride; strided
+    views are copied, tiny), int32 or int64 as given (an int64 -> int32 cast on the way could
+    wrap an out-of-range value into a plausible one; the kernels clamp either width). Only
+    the lengths are checked here: the values are the kernels' business (no host sync)."""
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError(f"cu_seqlens_k has {cu_seqlens_k.numel()} entries, cu_seqlens_q "
+                         f"{cu_seqlens_q.numel()}: they must match (batch + 1)")
+    return tuple((c if c.dtype in (torch.int32, torch.int64) else c.to(torch.int32)).contiguous()
+                 for c in (cu_seqlens_q, cu_seqlens_k))
+
+
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
             window_left, window_right, softcap, alibi_slopes, out=None, lse=None, sinks=None):
     """Flash attention forward. Dense when ``cu_seqlens_q`` is None. ``sinks``: fp32 [Hq]
@@ -109,8 +122,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
         # Varlen kernels read lengths from cu_seqlens; the length arguments carry the totals
         # (the row stride of the [heads, total_q] lse).
         sq_arg, sk_arg = q.shape[0], k.shape[0]
-        # the kernels index cu_seqlens without a stride: strided views are made contiguous (tiny)
-        cu_q, cu_k = (c.to(torch.int32).contiguous() for c in (cu_seqlens_q, cu_seqlens_k))
+        cu_q, cu_k = _cu_args(cu_seqlens_q, cu_seqlens_k)
         total_q, hq, d = q.shape
         lse_shape = (hq, total_q)
     else:
@@ -128,6 +140,11 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
         lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     _check_own("out", out, out_shape, q.dtype)
     _check_own("lse", lse, lse_shape, torch.float32)
+    if varlen and q.shape[0] > 0 and max_seqlen_q <= 0:
+        # query tokens, but no sequence may hold one: max_seqlen_q contradicts the shapes
+        # (known on the host, no sync), and a grid sized from it has no program to say so
+        lse.fill_(float("nan"))
+        return out.fill_(float("nan")), lse
     if q.numel() == 0 or max_seqlen_q == 0:   # no query rows
         lse.fill_(float("-inf"))
         return out.zero_(), lse
@@ -136,21 +153,25 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cau
     alibi, sab, sah = _alibi_args(alibi_slopes, q)
     meta = _common_meta(q, softcap, alibi_slopes)
     features = varlen or softcap > 0.0 or alibi_slopes is not None
+    masked = left < UNBOUNDED or right < UNBOUNDED   # some keys hidden from some rows only
     args = (q, k, v, out, lse, cu_q, cu_k, alibi, sinks if sinks is not None else lse,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), sab, sah,
-            sq_arg, sk_arg, group, float(softmax_scale), float(softcap), left, right)
+            sq_arg, sk_arg, max_seqlen_q, max_seqlen_k, group, float(softmax_scale), float(softcap),
+            left, right)
 
     def launch(cfg: KernelConfig):
         grid = (triton.cdiv(max_seqlen_q, cfg.block_m), batch, hq)
         attn_fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, IS_VARLEN=varlen,
                               HAS_SINKS=sinks is not None, HEAD_DIM_V=dv, BLOCK_DV=_block_d(dv),
+                              MASKED=masked,
                               **meta, **cfg.launch_options())
 
     bucket = _bucket(str(q.dtype), d, dv, causal, left < UNBOUNDED, right < UNBOUNDED, softcap > 0,
                      alibi_slopes is not None, varlen, group,
                      triton.next_power_of_2(max(max_seqlen_q, 1)), triton.next_power_of_2(max(max_seqlen_k, 1)))
     # configs are tuned per head dim; with d != dv the larger one bounds the tile sizes
-    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", max(d, dv), q.dtype, q.device, features),
+    launch(_pick("fwd", attn_fwd_kernel, bucket, _configs("fwd", max(d, dv), q.dtype, q.device, features,
+                                                          masked=masked),
                  launch))
     return out, lse
 
@@ -167,8 +188,7 @@ def backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     if varlen:
         batch = cu_seqlens_q.numel() - 1
         sq_arg, sk_arg = q.shape[0], k.shape[0]  # totals, as in forward()
-        # the kernels index cu_seqlens without a stride: strided views are made contiguous (tiny)
-        cu_q, cu_k = (c.to(torch.int32).contiguous() for c in (cu_seqlens_q, cu_seqlens_k))
+        cu_q, cu_k = _cu_args(cu_seqlens_q, cu_seqlens_k)
         hq, d = q.shape[1], q.shape[2]
     else:
         batch, sq_arg, hq, d = q.shape

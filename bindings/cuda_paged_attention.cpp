@@ -77,6 +77,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_paged_attention(const at::Tensor& q, con
   p.head_dim = static_cast<int>(dim);
   p.block_size = static_cast<int>(k_cache.size(1));
   p.num_splits = static_cast<int>(num_splits);
+  p.num_blocks = k_cache.size(0);      // the kernel range-checks block ids and seq_lens against
+  p.max_blocks = block_table.size(1);  // these (issue 14); no host-side look at the values
   p.q_stride_s = q.stride(0); p.q_stride_t = q.stride(1); p.q_stride_h = q.stride(2);
   p.k_stride_b = k_cache.stride(0); p.k_stride_t = k_cache.stride(1); p.k_stride_h = k_cache.stride(2);
   p.v_stride_b = v_cache.stride(0); p.v_stride_t = v_cache.stride(1); p.v_stride_h = v_cache.stride(2);

@@ -5,7 +5,8 @@
    machine has no GPU. Skipped only when nvcc is absent.
 2. The device code is torch-free (docs/testing.md: CPU torch wheels lack the CUDA headers).
 3. -m gpu: the paged decode kernel against the reference (poisoned outputs via the caching
-   allocator, forced split counts, awkward shapes).
+   allocator, forced split counts, awkward shapes), and its range checks of block ids and
+   seq_lens (issue 14: NaN rows, never an out-of-bounds read).
 """
 from __future__ import annotations
 
@@ -125,3 +126,51 @@ def test_cuda_paged_decode_refusals_are_named():
     bt = torch.zeros(2, 2, dtype=torch.int32, device="cuda")
     sl = torch.ones(2, dtype=torch.int32, device="cuda")
     assert "head_dim" in cuda_impl.paged_attention_supports(q, kc, kc, bt, sl, 0.1, -1, -1, 0.0, None, 1.0, 1.0)
+
+
+def poisoned_index_case(device):
+    """Issue 14 inputs: (args with bad seq_lens / block ids, the same args clean, nan_rows
+    [num_seqs, q_len] bool: the rows that depend on a bad value)."""
+    from test_paged_triton import make_paged
+
+    dtype, hq, hkv, dim, q_len, bs = torch.float16, 8, 2, 128, 2, 16
+    lens = [300, 200, 170, 90, 40, 161]
+    kc, vc, table, sl = make_paged(lens, bs, hkv, dim, dtype, device=device)
+    q = torch.randn(len(lens), q_len, hq, dim, dtype=dtype, device=device)
+    bad_table, bad_sl = table.clone(), sl.clone()
+    nan_rows = torch.zeros(len(lens), q_len, dtype=torch.bool, device=device)
+    bad_sl[1] = table.shape[1] * bs + 1  # more keys than the table holds
+    bad_table[2, 3] = kc.shape[0] + 5    # keys 48..63, seen by both query tokens
+    bad_sl[3] = -4
+    bad_sl[4] = 1                        # 0 < seq_len < q_len
+    nan_rows[1:5] = True
+    bad_table[5, 160 // bs] = -1         # key 160, the last: seen by query token 1 only
+    nan_rows[5, 1] = True
+    rest = (dim ** -0.5, -1, -1, 0.0, None, 1.0, 1.0)
+    return (q, kc, vc, bad_table, bad_sl) + rest, (q, kc, vc, table, sl) + rest, nan_rows
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [1, 3])
+def test_cuda_paged_decode_poisons_bad_indices(splits):
+    """Issue 14: an out-of-range block id or seq_len makes exactly the rows that depend on it
+    NaN (out and lse; through the split merge too) and is never used to address memory; the
+    other rows match the reference."""
+    from test_paged_triton import check_close, torch_lowp_paged
+
+    from polykernels import reference as ref
+    from polykernels.cuda import register as cuda_impl
+
+    args, clean, nan_rows = poisoned_index_case("cuda")
+    _poison_allocator()
+    out, lse = cuda_impl.paged_attention(*args, num_splits=splits)
+    torch.cuda.synchronize()
+    lse = lse.transpose(1, 2)  # [num_seqs, q_len, heads_q], rows indexed like out
+    assert out[nan_rows].isnan().all() and lse[nan_rows].isnan().all()
+    good = ~nan_rows
+    r_out, r_lse = ref.paged_attention(*clean)
+    base = torch_lowp_paged(*clean[:5], clean[5], clean[6], clean[8], clean[9], 1.0, 1.0)
+    check_close(f"cuda paged rows without bad indices, splits {splits}", out[good], r_out[good],
+                base[good], out.dtype)
+    err = (lse[good] - r_lse.transpose(1, 2)[good]).abs()
+    assert torch.isfinite(lse[good]).all() and err.max().item() <= 1e-2, f"lse max err {err.max().item():.3g}"

@@ -11,6 +11,12 @@
 //      keys (the warp reads 64 contiguous elements of one V row: coalesced).
 // The per-thread partial sums are reduced through shared memory at the end. With num_splits
 // > 1 each block writes fp32 partial (out, lse) and a second kernel merges them.
+//
+// Index values are never trusted to address memory (issue 14, "never silently wrong"): a
+// seq_len outside [0, max_blocks * block_size] or in (0, q_len) makes the block read no key and
+// write NaN for every row of the sequence; a block id outside [0, num_blocks) is read as block
+// 0 and every row that can see one of its keys gets NaN out and lse. Integer compares only:
+// no device assert (it would kill the CUDA context), no host sync.
 #include "paged_decode.h"
 
 #include <cuda_bf16.h>
@@ -53,6 +59,15 @@ __device__ __forceinline__ void load2(const T* p, float& a, float& b) {
   b = to_float(e[1]);
 }
 
+// Whether a block id read from the table addresses a cache block; callers read block 0 instead
+// when it does not.
+__device__ __forceinline__ bool block_ok(int32_t blk, int64_t num_blocks) { return blk >= 0 && blk < num_blocks; }
+
+// Whether a key at distance dist = query position - key position is attended to.
+__device__ __forceinline__ bool in_view(int dist, int window_left) {
+  return dist >= 0 && (window_left < 0 || dist <= window_left);
+}
+
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
@@ -76,12 +91,17 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
   __shared__ float acc_s[kTokPar][ROWS][D];
   __shared__ float m_s[ROWS], l_s[ROWS], alpha_s[ROWS], slope_s[ROWS];
   __shared__ int pos_s[ROWS];
+  __shared__ int bad_s[ROWS];  // 1: the row saw a key with an out-of-range block id
 
   const int s = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = p.heads_q / p.heads_kv;
   const int rows = p.q_len * group;
-  const int seq_len = p.seq_lens[s];
+  // An invalid seq_len poisons the whole sequence and reads nothing (0 keys).
+  const int seq_len_raw = p.seq_lens[s];
+  const bool bad_seq = seq_len_raw < 0 || seq_len_raw > p.max_blocks * p.block_size ||
+                       (seq_len_raw > 0 && seq_len_raw < p.q_len);
+  const int seq_len = bad_seq ? 0 : seq_len_raw;
   const T* q = static_cast<const T*>(p.q) + static_cast<int64_t>(s) * p.q_stride_s;
 
   for (int i = tid; i < ROWS * D; i += kThreads) {
@@ -98,6 +118,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
     m_s[r] = -INFINITY;
     l_s[r] = 0.f;
     pos_s[r] = seq_len - p.q_len + r / group;
+    bad_s[r] = 0;
     slope_s[r] = (p.alibi != nullptr && r < rows) ? p.alibi[s * p.alibi_stride_s + h * p.alibi_stride_h] : 0.f;
   }
 
@@ -121,7 +142,15 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
     // 1. scores of key j = n0 + tid against every row
     const int j = n0 + tid;
     if (j < end) {
-      const int64_t blk = table[j / p.block_size];
+      // j < seq_len <= max_blocks * block_size: the table entry itself is in bounds.
+      const int32_t blk_raw = table[j / p.block_size];
+      const bool blk_ok = block_ok(blk_raw, p.num_blocks);
+      if (!blk_ok) {  // rare: poison the rows that see key j (benign race: every writer stores 1)
+        for (int r = 0; r < rows; ++r) {
+          if (in_view(pos_s[r] - j, p.window_left)) bad_s[r] = 1;
+        }
+      }
+      const int64_t blk = blk_ok ? blk_raw : 0;
       const T* kp = k_base + blk * p.k_stride_b + static_cast<int64_t>(j % p.block_size) * p.k_stride_t;
       float sc[ROWS];
 #pragma unroll
@@ -142,7 +171,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
         if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
         const int dist = pos_s[r] - j;
         x -= slope_s[r] * static_cast<float>(abs(dist));
-        const bool visible = r < rows && dist >= 0 && (p.window_left < 0 || dist <= p.window_left);
+        const bool visible = r < rows && in_view(dist, p.window_left);
         p_s[r][tid] = visible ? x : -INFINITY;
       }
     } else {
@@ -193,7 +222,8 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
     const int n_here = min(kTile, end - n0);
     for (int jj = tok_par; jj < n_here; jj += kTokPar) {
       const int jv = n0 + jj;
-      const int64_t blk = table[jv / p.block_size];
+      const int32_t blk_raw = table[jv / p.block_size];  // same keys as the score phase: a bad id
+      const int64_t blk = block_ok(blk_raw, p.num_blocks) ? blk_raw : 0;  // is already recorded
       const T* vp = v_base + blk * p.v_stride_b + static_cast<int64_t>(jv % p.block_size) * p.v_stride_t + 2 * pair;
       float v0, v1;
       load2(vp, v0, v1);
@@ -223,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
 #pragma unroll
     for (int t = 0; t < kTokPar; ++t) v += acc_s[t][r][d];
     const float l = l_s[r];
-    const float o = l > 0.f ? v / l : 0.f;
+    const float o = (bad_seq || bad_s[r]) ? NAN : l > 0.f ? v / l : 0.f;
     const int t = r / group, h = kvh * group + r % group;
     const int64_t idx = ((sp * p.q_len + t) * p.heads_q + h) * D + d;
     if (final_out) {
@@ -234,7 +264,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
   }
   for (int r = tid; r < rows; r += kThreads) {
     const float l = l_s[r];
-    const float lse = l > 0.f ? m_s[r] + logf(l) : -INFINITY;
+    const float lse = (bad_seq || bad_s[r]) ? NAN : l > 0.f ? m_s[r] + logf(l) : -INFINITY;
     const int t = r / group, h = kvh * group + r % group;
     const int64_t idx = (sp * p.heads_q + h) * p.q_len + t;
     if (final_out) {
@@ -246,7 +276,9 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const PagedDecod
 }
 
 // Merge the num_splits fp32 partials of one (sequence, token, head): grid (num_seqs * q_len,
-// heads_q). Empty splits (lse -inf) weigh exactly 0.
+// heads_q). Empty splits (lse -inf) weigh exactly 0. A NaN partial lse (a poisoned row, see the
+// top) makes the merged row NaN: it is checked explicitly, since fmaxf would drop it and the
+// w > 0 test below would give it weight 0.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) reduce_splits_kernel(const PagedDecodeParams p) {
   const int st = blockIdx.x, h = blockIdx.y;
@@ -254,7 +286,11 @@ __global__ void __launch_bounds__(kThreads) reduce_splits_kernel(const PagedDeco
   const int64_t lse_step = static_cast<int64_t>(p.heads_q) * p.q_len;
   const float* pl = p.part_lse + (static_cast<int64_t>(s) * p.num_splits * p.heads_q + h) * p.q_len + t;
   float m = -INFINITY;
-  for (int i = 0; i < p.num_splits; ++i) m = fmaxf(m, pl[i * lse_step]);
+  bool poisoned = false;
+  for (int i = 0; i < p.num_splits; ++i) {
+    m = fmaxf(m, pl[i * lse_step]);
+    poisoned |= isnan(pl[i * lse_step]);
+  }
   const float m_safe = m == -INFINITY ? 0.f : m;
   float total = 0.f;
   for (int i = 0; i < p.num_splits; ++i) total += __expf(pl[i * lse_step] - m_safe);
@@ -267,10 +303,11 @@ __global__ void __launch_bounds__(kThreads) reduce_splits_kernel(const PagedDeco
       const float w = __expf(pl[i * lse_step] - m_safe);
       if (w > 0.f) a = fmaf(w, po[i * out_step + d], a);
     }
-    out[d] = from_float<T>(total > 0.f ? a / total : 0.f);
+    out[d] = from_float<T>(poisoned ? NAN : total > 0.f ? a / total : 0.f);
   }
   if (threadIdx.x == 0) {
-    p.lse[(static_cast<int64_t>(s) * p.heads_q + h) * p.q_len + t] = total > 0.f ? m_safe + logf(total) : -INFINITY;
+    p.lse[(static_cast<int64_t>(s) * p.heads_q + h) * p.q_len + t] =
+        poisoned ? NAN : total > 0.f ? m_safe + logf(total) : -INFINITY;
   }
 }
 
@@ -309,7 +346,7 @@ cudaError_t dispatch_dim(const PagedDecodeParams& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t paged_decode(const PagedDecodeParams& p, cudaStream_t stream) {
-  if (p.num_seqs == 0 || p.heads_q == 0) return cudaSuccess;
+  if (p.num_seqs == 0 || p.heads_q == 0 || p.q_len == 0) return cudaSuccess;  // empty outputs
   if (p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0 || p.num_splits < 1 || p.block_size < 1) {
     return cudaErrorInvalidValue;
   }

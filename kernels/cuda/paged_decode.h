@@ -7,6 +7,11 @@
 // distance <= window_left when window_left >= 0; optional softcap (s = cap * tanh(s / cap))
 // and ALiBi (s -= slope * distance). A row with no visible key gives out 0 and lse -inf.
 //
+// Index values are range-checked on the device, never trusted to address memory (issue 14):
+// seq_lens[s] must be 0 or in [q_len, max_blocks * block_size], else every row of sequence s
+// is NaN (out and lse); a block id a row's visible key lives in must be in [0, num_blocks),
+// else that row is NaN. Reads stay inside the tensors either way; other rows are unaffected.
+//
 // Supported (checked by the launcher and kernels/cuda/register.py supports()): fp16 or bf16 q
 // and caches of the same dtype (no fp8), head_dim 64 / 128 / 256 with a unit stride and
 // 16-byte aligned rows (pointers and the other strides multiples of 8 elements),
@@ -28,13 +33,15 @@ struct PagedDecodeParams {
   const void* k_cache;         // [num_blocks, block_size, heads_kv, head_dim]
   const void* v_cache;         // same shape as k_cache
   const int32_t* block_table;  // [num_seqs, max_blocks], column stride 1
-  const int32_t* seq_lens;     // [num_seqs], each >= q_len
+  const int32_t* seq_lens;     // [num_seqs], each 0 or in [q_len, max_blocks * block_size]
   const float* alibi;          // nullptr, or slopes with strides alibi_stride_s (0 for [heads_q]) / _h
   void* out;                   // [num_seqs, q_len, heads_q, head_dim] contiguous, q's dtype
   float* lse;                  // [num_seqs, heads_q, q_len] contiguous
   float* part_out;             // num_splits > 1: [num_seqs, num_splits, q_len, heads_q, head_dim]
   float* part_lse;             // num_splits > 1: [num_seqs, num_splits, heads_q, q_len]
   int num_seqs, q_len, heads_q, heads_kv, head_dim, block_size, num_splits;
+  int64_t num_blocks;  // k_cache.size(0): valid block ids are [0, num_blocks)
+  int64_t max_blocks;  // block_table.size(1): seq_lens[s] <= max_blocks * block_size
   int64_t q_stride_s, q_stride_t, q_stride_h;
   int64_t k_stride_b, k_stride_t, k_stride_h;
   int64_t v_stride_b, v_stride_t, v_stride_h;

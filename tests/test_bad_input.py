@@ -341,7 +341,8 @@ def test_kv_caches_split_from_one_tensor_are_accepted_and_written(layout):
 # Under torch.compile the public checks cannot read tensor values; the op then runs its impls
 # at run time. Each impl that runs on CPU must refuse a bad index itself (the C++ glue, the torch
 # provider and the reference check what they read), so failover never ends in a plausible
-# answer. (GPU kernels trust index values unless POLYKERNELS_CHECK_VALUES=1: docs/design.md.)
+# answer. (GPU kernels range-check what they read and write NaN rows instead: docs/dispatch.md,
+# tests/test_triton_index_poison_*.py.)
 def _bad_index_cases():
     paged = (torch.randn(2, 1, 4, 8), torch.randn(5, 4, 2, 8), torch.randn(5, 4, 2, 8),
              torch.tensor([[0, -1], [4, 1]], dtype=torch.int32), torch.tensor([6, 8], dtype=torch.int32))

@@ -277,7 +277,7 @@ def varlen_paged_values(block_table, seq_lens, cu_q, total_q: int, max_q: int, n
 def slot_values(slot_mapping, num_slots: int) -> None:
     """Slots in [-1, num_slots), and no slot twice: two tokens written to one row would race
     (an fp8 cache could keep half of each), so duplicates are refused by every impl that can
-    read the slots (GPU kernels trust them: docs/dispatch.md). Decode-sized mappings are
+    read the slots (GPU kernels cannot see duplicates: docs/dispatch.md). Decode-sized mappings are
     checked on a Python list (a few us); long ones with torch ops."""
     n = slot_mapping.numel()
     if not n:

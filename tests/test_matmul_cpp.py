@@ -248,3 +248,68 @@ def test_linear_few_rows(isa, dtype):
                 r64 = ref.linear(x.double(), w.double(), bias.double(), act)
                 check(f"{isa} {dtype} few rows x{xs} K={k} act={act}", out, full, r64,
                       torch_act(F.linear(x, w, bias), act))
+
+
+# -- grouped_matmul (MoE experts): the GEMM once per non-empty group ---------------------------
+def _grouped_ref(x, w, sizes):
+    return ref.grouped_matmul(x.double(), w.double(), sizes)
+
+
+def _grouped_torch(x, w, sizes):
+    """The same products by torch in the input dtype: the tolerance's baseline."""
+    starts = [0] + torch.cumsum(sizes, 0).tolist()
+    return torch.cat([x[starts[e]:starts[e + 1]] @ w[e] for e in range(len(sizes))])
+
+
+@pytest.fixture
+def grouped(monkeypatch):
+    """The registered cpp impl with its output NaN-poisoned (rows it fails to write stay NaN)."""
+    from polykernels.cpu import register_matmul as R
+    monkeypatch.setattr(R, "_empty", lambda shape, dtype: torch.full(shape, float("nan"), dtype=dtype))
+    return R.grouped_matmul
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_matmul(isa, grouped, dtype):
+    # empty groups at both ends and inside, a group of one row, odd K and N, a group larger
+    # than a GEMM tile; weights stored [E, N, K] and passed transposed (strided B)
+    sizes = torch.tensor([0, 37, 1, 0, 70, 5, 0])
+    x = rand(int(sizes.sum()), 67, dtype=dtype)
+    w = rand(len(sizes), 45, 67, dtype=dtype).transpose(1, 2)
+    out = grouped(x, w, sizes)
+    check(f"grouped {dtype}", out, out, _grouped_ref(x, w, sizes), _grouped_torch(x, w, sizes))
+
+
+def test_grouped_matmul_noncontiguous_x_int32_sizes(isa, grouped):
+    sizes = torch.tensor([3, 0, 9], dtype=torch.int32)
+    x = rand(12, 80, dtype=torch.float32)[:, ::2]
+    w = rand(3, 40, 33, dtype=torch.float32)
+    out = grouped(x, w, sizes)
+    check("grouped strided x", out, out, _grouped_ref(x, w, sizes), _grouped_torch(x, w, sizes))
+
+
+def test_grouped_matmul_threads_identical(grouped):
+    from _threads import at_thread_counts
+    sizes = torch.tensor([17, 0, 40, 3])
+    x, w = rand(60, 96, dtype=torch.bfloat16), rand(4, 96, 130, dtype=torch.bfloat16)
+    one, two = at_thread_counts(lambda: grouped(x, w, sizes))
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("sizes", [[5, 4], [5, 6], [-1, 11]])
+def test_grouped_matmul_bad_sizes_raise(grouped, sizes):
+    """Sizes not summing to the rows (or negative) are refused by the impl itself, before any
+    work: it also runs where the public checks cannot read them (compiled graphs)."""
+    from polykernels.dispatch import InvalidInputError
+    x, w = rand(10, 8, dtype=torch.float32), rand(2, 8, 4, dtype=torch.float32)
+    with pytest.raises(InvalidInputError, match="group_sizes"):
+        grouped(x, w, torch.tensor(sizes))
+
+
+def test_grouped_matmul_dispatch_eligible():
+    import polykernels as pk
+    x, w, sizes = torch.randn(6, 8), torch.randn(2, 8, 4), torch.tensor([2, 4])
+    explained = str(pk.explain("grouped_matmul", x, w, sizes))
+    assert "cpp@cpu" in explained and "refused cpp" not in explained
+    with pk.use(grouped_matmul="cpp"):
+        torch.testing.assert_close(pk.grouped_matmul(x, w, sizes), _grouped_torch(x, w, sizes))

@@ -1,6 +1,8 @@
 """Registers the C++ CPU matmul kernels (impl "cpp", backend "cpu", priority 100):
-``matmul``, ``linear`` (packed GEMM with the bias + activation epilogue fused) and
-``quantized_linear`` (weight-only int4/int8: GEMV for <= 16 rows, dequantise + GEMM above).
+``matmul``, ``linear`` (packed GEMM with the bias + activation epilogue fused),
+``quantized_linear`` (weight-only int4/int8: GEMV for <= 16 rows, dequantise + GEMM above)
+and ``grouped_matmul`` (MoE experts: the same GEMM once per non-empty group, each writing its
+rows of the output in place).
 
 The kernels (kernels/cpu/gemm.cpp, quantized_linear.cpp) pick their ISA path at run time
 (scalar / AVX2 / AVX-512 / AVX512-BF16, see cpu_isa.h), take fp32/bf16/fp16 with any
@@ -12,6 +14,7 @@ import torch
 
 from .. import _extension
 from ..dispatch import register_impl
+from ..ops import checks
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -30,6 +33,30 @@ def linear(x, weight, bias, activation):
 
 def quantized_linear(x, qweight, scales, zeros, bits, group_size, bias):
     return _ops().quantized_linear(x, qweight, scales, zeros, int(bits), int(group_size), bias)
+
+
+def _empty(shape, dtype) -> torch.Tensor:
+    """Outputs allocated here (not by the C++ ops) come from this hook, so tests can poison them."""
+    return torch.empty(shape, dtype=dtype)
+
+
+def grouped_matmul(x, weights, group_sizes):
+    """One C++ GEMM per non-empty group, into its rows of the output (no copies; weights [E,
+    K, N] with any strides, e.g. [E, N, K] storage transposed). The group sizes are read on
+    the host (CPU tensors: no sync) and checked before any work, as this impl also runs where
+    the public checks could not read them (a compiled graph)."""
+    checks.group_size_values(group_sizes, x.shape[0])
+    out = _empty((x.shape[0], weights.shape[2]), x.dtype)
+    start = 0
+    for e, size in enumerate(group_sizes.tolist()):
+        if size:
+            _ops().matmul_out(x[start:start + size], weights[e], None, None, out[start:start + size])
+        start += size
+    return out
+
+
+def _grouped_matmul_supports(x, weights, group_sizes):
+    return _common("matmul_out", (x, weights, group_sizes), (("x", x), ("weights", weights)))
 
 
 def _common(op_name, tensors, floats):
@@ -77,3 +104,5 @@ def register() -> None:
     register_impl("linear", "cpp", backends="cpu", fn=linear, supports=_linear_supports, priority=100)
     register_impl("quantized_linear", "cpp", backends="cpu", fn=quantized_linear,
                   supports=_quantized_linear_supports, priority=100)
+    register_impl("grouped_matmul", "cpp", backends="cpu", fn=grouped_matmul,
+                  supports=_grouped_matmul_supports, priority=100)

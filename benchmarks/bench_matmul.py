@@ -10,7 +10,8 @@ and % of the measured copy bandwidth.
 CPU preset (issue 5 goals): GEMM fp32/bf16 1024^3 and 2048^3 (2048^3 skipped, with a row
 that says so, where torch took over SLOW_CALL_MS per 1024^3 call: bf16 without native bf16
 instructions); linear+bias+GELU M512 K4096 N11008 bf16; int4/int8 weight-only M1 K4096
-N11008; grouped (MoE) 16 tokens top-2 over 8 experts, 1024 -> 3584 bf16. GPU preset: square 512..8192, Llama-3-8B and Qwen-2.5-7B projections at M = 1, 16,
+N11008; grouped (MoE) 16 tokens top-2 over 8 experts, 1024 -> 3584 bf16; int8 scaled
+M64 K2048 N2048. GPU preset: square 512..8192, Llama-3-8B and Qwen-2.5-7B projections at M = 1, 16,
 128, 4096 (bf16, fp8, int4), Mixtral MoE (8 experts, top-2, 4096 -> 14336) grouped GEMM.
 """
 from __future__ import annotations
@@ -210,6 +211,9 @@ def run(report, device, quick: bool) -> None:
         # MoE experts at a quarter of Mixtral's width (the full 4096 -> 14336 in bf16 takes
         # torch seconds per call on CPUs without native bf16 GEMMs)
         case(bench_grouped, 16, K=1024, N=3584)
+        # int8 GEMM: torch._int_mm (the torch provider's row) runs ~1.3 GOP/s on the AVX2 VM,
+        # so the shape stays small
+        case(bench_scaled, 64, 2048, 2048, torch.int8)
     else:
         squares = (1024, 4096) if quick else (512, 1024, 2048, 4096, 8192)
         for n in squares:

@@ -313,3 +313,56 @@ def test_grouped_matmul_dispatch_eligible():
     assert "cpp@cpu" in explained and "refused cpp" not in explained
     with pk.use(grouped_matmul="cpp"):
         torch.testing.assert_close(pk.grouped_matmul(x, w, sizes), _grouped_torch(x, w, sizes))
+
+
+# -- scaled_matmul (int8 / fp8) through the bf16 GEMM ------------------------------------------
+def _scaled_impls():
+    from polykernels.cpu import register_matmul as R
+    from polykernels.torch_provider import matmul as T
+    return R.scaled_matmul, T.scaled_matmul
+
+
+@pytest.mark.parametrize("k", [1, 37, 1024, 2500])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_scaled_matmul_int8_exact(isa, k, out_dtype):
+    """int8: the accumulation is exact (K in chunks of 1024, each exact in fp32), so the result
+    equals torch._int_mm's int32 product scaled in the same fp32 order, bit for bit, also with
+    a sum past 2**24, where fp32 accumulation would round."""
+    cpp, torch_impl = _scaled_impls()
+    m, n = 9, 13
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8).t()     # column-major b, strided
+    if k == 2500:   # row 0 . col 0: 1500 * 127**2 passes 2**24, then 1000 odd +1 terms that
+        # an fp32 running sum past 2**24 (spacing 2) would round away
+        a[0, :1500], b[:1500, 0], a[0, 1500:], b[1500:, 0] = 127, 127, 1, 1
+    sa, sb = torch.rand(m, 1) + 0.5, torch.rand(n) + 0.5
+    bias = torch.randn(n)
+    got = cpp(a, b, sa, sb, bias, out_dtype)
+    assert torch.equal(got, torch_impl(a, b, sa, sb, bias, out_dtype))
+    if k == 2500:
+        exact = (1500 * 127 ** 2 + 1000) * sa[0, 0].item() * sb[0].item() + bias[0].item()
+        assert got[0, 0].item() == pytest.approx(exact, rel=1e-6 if out_dtype == torch.float32 else 8e-3)
+
+
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e4m3fnuz])
+@pytest.mark.parametrize("scales", ["tensor", "row/col"])
+def test_scaled_matmul_fp8(isa, fp8, scales):
+    """fp8: fp32 accumulation like torch._scaled_mm; within 2x its error against fp64 + floor."""
+    cpp, torch_impl = _scaled_impls()
+    m, k, n = 17, 300, 29
+    a, b = torch.randn(m, k).to(fp8), torch.randn(k, n).to(fp8)
+    sa, sb = (torch.tensor(0.7), torch.tensor(1.3)) if scales == "tensor" else (torch.rand(m) + 0.5, torch.rand(n) + 0.5)
+    want = ref.scaled_matmul(a, b, sa, sb, None, torch.float32)
+    got = cpp(a, b, sa, sb, None, torch.float32)
+    check(f"scaled fp8 {fp8}", got, got, want, torch_impl(a, b, sa, sb, None, torch.float32))
+
+
+def test_scaled_matmul_dispatch_eligible():
+    import polykernels as pk
+    a, b = torch.randint(-5, 5, (4, 8), dtype=torch.int8), torch.randint(-5, 5, (8, 3), dtype=torch.int8)
+    sa, sb = torch.tensor(1.0), torch.tensor(1.0)
+    explained = str(pk.explain("scaled_matmul", a, b, sa, sb))
+    assert "cpp@cpu" in explained and "refused cpp" not in explained
+    with pk.use(scaled_matmul="cpp"):
+        out = pk.scaled_matmul(a, b, sa, sb, out_dtype=torch.float32)
+    assert torch.equal(out, (a.int() @ b.int()).float())

@@ -1,8 +1,9 @@
 """Registers the C++ CPU matmul kernels (impl "cpp", backend "cpu", priority 100):
 ``matmul``, ``linear`` (packed GEMM with the bias + activation epilogue fused),
 ``quantized_linear`` (weight-only int4/int8: GEMV for <= 16 rows, dequantise + GEMM above)
-and ``grouped_matmul`` (MoE experts: the same GEMM once per non-empty group, each writing its
-rows of the output in place).
+``grouped_matmul`` (MoE experts: the same GEMM once per non-empty group, each writing its
+rows of the output in place) and ``scaled_matmul`` (int8 / fp8 through the bf16 GEMM, exact
+for int8).
 
 The kernels (kernels/cpu/gemm.cpp, quantized_linear.cpp) pick their ISA path at run time
 (scalar / AVX2 / AVX-512 / AVX512-BF16, see cpu_isa.h), take fp32/bf16/fp16 with any
@@ -59,6 +60,45 @@ def _grouped_matmul_supports(x, weights, group_sizes):
     return _common("matmul_out", (x, weights, group_sizes), (("x", x), ("weights", weights)))
 
 
+# int8 products are exact in the GEMM's fp32 accumulators (|a b| <= 2**14), and so is every
+# partial sum of up to 1024 of them (<= 2**24): K is cut into chunks of this many.
+INT8_EXACT_K = 1024
+_FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+
+
+def scaled_matmul(a, b, scale_a, scale_b, bias, out_dtype):
+    """fp8 / int8 GEMM on the packed bf16 GEMM: int8 and fp8 e4m3 values are exact in bf16
+    and their products exact in the engine's fp32 accumulators. int8: the K chunks' fp32 sums
+    are exact integers, added in int32 (int64 past K 65536): torch._int_mm's exact result.
+    fp8: one fp32-accumulated GEMM, as torch._scaled_mm. Then the scales and the bias in fp32,
+    rounded once to out_dtype. (Operands are widened per call, b included: a prepared-weight
+    path and an int8 dot-product kernel (VNNI / AMX) are issue 11's next steps.)"""
+    from ..torch_provider.matmul import broadcast_scale
+    m, k = a.shape
+    n = b.shape[1]
+    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    if a.dtype != torch.int8 or k <= INT8_EXACT_K:
+        y = _ops().matmul(a16, b16, None, None, torch.float32)
+    else:
+        acc = torch.zeros(m, n, dtype=torch.int32 if k <= 65536 else torch.int64)
+        for k0 in range(0, k, INT8_EXACT_K):
+            part = _ops().matmul(a16[:, k0:k0 + INT8_EXACT_K], b16[k0:k0 + INT8_EXACT_K], None,
+                                 None, torch.float32)
+            acc += part.to(acc.dtype)
+        y = acc.to(torch.float32)
+    y.mul_(broadcast_scale(scale_a, m, (m, 1))).mul_(broadcast_scale(scale_b, n, (1, n)))
+    if bias is not None:
+        y.add_(bias)
+    return y.to(out_dtype)
+
+
+def _scaled_matmul_supports(a, b, scale_a, scale_b, bias, out_dtype):
+    reason = _common("matmul", (a, b, scale_a, scale_b, bias), ())
+    if reason is None and a.dtype not in _FP8 + (torch.int8,):
+        reason = f"dtype {a.dtype} not supported (int8, float8_e4m3fn, float8_e4m3fnuz)"
+    return reason
+
+
 def _common(op_name, tensors, floats):
     reason = _extension.unavailable_reason()
     if reason:
@@ -106,3 +146,5 @@ def register() -> None:
                   supports=_quantized_linear_supports, priority=100)
     register_impl("grouped_matmul", "cpp", backends="cpu", fn=grouped_matmul,
                   supports=_grouped_matmul_supports, priority=100)
+    register_impl("scaled_matmul", "cpp", backends="cpu", fn=scaled_matmul,
+                  supports=_scaled_matmul_supports, priority=100)

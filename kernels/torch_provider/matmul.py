@@ -90,7 +90,7 @@ def _cpu_kernel_reason(op: str, t, fn_name: str, why: str) -> str | None:
 
 
 # -- scaled (fp8 / int8) -----------------------------------------------------------------------
-def _scale(scale: torch.Tensor, n: int, shape: tuple[int, int]) -> torch.Tensor:
+def broadcast_scale(scale: torch.Tensor, n: int, shape: tuple[int, int]) -> torch.Tensor:
     """fp32 scale broadcastable against [M, N]: 0-dim for one element per tensor, else
     ``shape`` ([M, 1] or [1, N]). As the reference: per row/column iff it has n > 1 elements."""
     s = scale.to(torch.float32)
@@ -110,7 +110,7 @@ def _int8(a, b, scale_a, scale_b, bias, out_dtype):
     else:
         acc = torch._int_mm(a, b)
     y = acc.to(torch.float32)
-    y.mul_(_scale(scale_a, m, (m, 1))).mul_(_scale(scale_b, n, (1, n)))
+    y.mul_(broadcast_scale(scale_a, m, (m, 1))).mul_(broadcast_scale(scale_b, n, (1, n)))
     if bias is not None:
         y.add_(bias)
     return y.to(out_dtype).contiguous()
@@ -118,7 +118,7 @@ def _int8(a, b, scale_a, scale_b, bias, out_dtype):
 
 def _fp8(a, b, scale_a, scale_b, bias, out_dtype):
     m, n = a.shape[0], b.shape[1]
-    sa, sb = _scale(scale_a, m, (m, 1)), _scale(scale_b, n, (1, n))
+    sa, sb = broadcast_scale(scale_a, m, (m, 1)), broadcast_scale(scale_b, n, (1, n))
     if sa.dim() != sb.dim() or sa.dim():   # rowwise (torch takes only matching granularities):
         sa = sa.reshape(-1).expand(m).contiguous().view(m, 1)   # fresh [M, 1], strides (1, 1)
         sb = sb.reshape(-1).expand(n).contiguous().view(1, n)   # fresh [1, N], strides (N, 1)

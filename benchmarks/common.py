@@ -137,6 +137,20 @@ def copy_bandwidth_gbs(device, nbytes: int | None = None) -> float:
     return _bandwidth_cache[key]
 
 
+def read_bandwidth_gbs(device, nbytes: int | None = None) -> float:
+    """Device read bandwidth measured now: a sum over a buffer that does not fit in cache
+    (bytes read / time), GB/s. The limit of a read-only kernel such as paged decode, which
+    the copy figure (read + write) is not."""
+    device = torch.device(device)
+    key = f"read {device}"
+    if key not in _bandwidth_cache:
+        nbytes = nbytes or (1 << 30 if device.type == "cuda" else 256 << 20)
+        src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+        ms = time_ms(lambda: src.sum(), device, warmup=2, rep=7)
+        _bandwidth_cache[key] = nbytes / (ms * 1e-3) / 1e9
+    return _bandwidth_cache[key]
+
+
 @dataclass
 class Row:
     op: str

@@ -546,11 +546,25 @@ def _arg_key(a):
     return a   # str, dtype: hashable flags
 
 
+# shape -> its size classes (every dim through _size_class), memoised: one dict lookup per
+# tensor instead of max() over the dims (0.3 us) or a map (1 us). Bounded: cleared when full.
+_SHAPE_CLASSES: dict = {}
+_MAX_SHAPE_CLASSES = 4096
+
+
+def _shape_class(shape) -> tuple:
+    dims = shape if not shape or max(shape) <= 256 else tuple(map(_size_class, shape))
+    if len(_SHAPE_CLASSES) >= _MAX_SHAPE_CLASSES:
+        _SHAPE_CLASSES.clear()
+    _SHAPE_CLASSES[shape] = dims
+    return dims
+
+
 def _tensor_key(a: torch.Tensor) -> tuple:
     # the device object stands for (type, index); a shape with every dim <= 256 is its own
-    # size class (torch.Size hashes and compares as the tuple): no Python call per dim
+    # size class (torch.Size hashes and compares as the tuple)
     shape = a.shape
-    dims = shape if not shape or max(shape) <= 256 else tuple(map(_size_class, shape))
+    dims = _SHAPE_CLASSES.get(shape) or _shape_class(shape)
     # whether the last dim is dense (impls refuse a strided one); is_contiguous() first: the
     # common case, and cheaper than stride(-1)
     return (a.dtype, a.device, dims,
@@ -558,15 +572,14 @@ def _tensor_key(a: torch.Tensor) -> tuple:
 
 
 def call_key(args: tuple, op: str = "") -> tuple:
-    """The decision cache's key for op(*args). Hot path (every call; ~0.7 us per tensor on a
+    """The decision cache's key for op(*args). Hot path (every call; ~0.55 us per tensor on a
     Zen 3 VM): tensors and None, the common arguments, are handled inline; the result must
     equal what _arg_key gives (tests/test_dispatch.py checks)."""
     key = [op]
     for a in args:
         if isinstance(a, torch.Tensor):   # _tensor_key, inlined: ~0.5 us less for four tensors
             shape = a.shape
-            key.append((a.dtype, a.device,
-                        shape if not shape or max(shape) <= 256 else tuple(map(_size_class, shape)),
+            key.append((a.dtype, a.device, _SHAPE_CLASSES.get(shape) or _shape_class(shape),
                         a.is_contiguous() or shape[-1] <= 1 or a.stride(-1) == 1))
         elif a is None:
             key.append(None)

@@ -50,14 +50,29 @@ def _all_nan(out, lse):
     return bool(out.float().isnan().all()) and bool(lse.isnan().all())
 
 
+PAGED_CASES = ["block id -1", "block id = num_blocks", "seq_len > table", "seq_len < 0",
+               "seq_len < q_len"]
+
+
 @pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("case", ["block id -1", "block id = num_blocks", "seq_len > table",
-                                  "seq_len < 0", "seq_len < q_len"])
+@pytest.mark.parametrize("case", PAGED_CASES)
 def test_paged_bad_index_poisons_that_sequence(case, splits):
-    k, v = _cache()
+    _paged_bad_index(case, splits, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PAGED_CASES)
+def test_paged_bad_index_gpu(case):
+    """The compiled kernel on a real device (run with -m gpu, docs/gpu-validation.md)."""
+    _paged_bad_index(case, 3, "cuda")
+
+
+def _paged_bad_index(case, splits, device):
+    k, v = (t.to(device) for t in _cache())
     q_len = 2
-    q = torch.randn(3, q_len, HQ, DIM, dtype=torch.float16)
-    table, seq_lens = _table(), torch.tensor([9, 13, 16], dtype=torch.int32)
+    q = torch.randn(3, q_len, HQ, DIM, dtype=torch.float16, device=device)
+    table = _table().to(device)
+    seq_lens = torch.tensor([9, 13, 16], dtype=torch.int32, device=device)
     good_out, good_lse = _paged(q, k, v, table, seq_lens, splits)
     assert not good_out.isnan().any() and not good_lse.isnan().any()
 

@@ -344,6 +344,11 @@ struct OpsF32 {
         const uint16_t* vh = reinterpret_cast<const uint16_t*>(vr);
         for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = bf16_to_float(kh[d]);
         for (int64_t d = 0; d < D; ++d) vd[d] = bf16_to_float(vh[d]);
+      } else if (src.kind == kF16 && src.k_ds == 2 && src.v_ds == 2) {  // the same for fp16
+        const uint16_t* kh = reinterpret_cast<const uint16_t*>(kr);
+        const uint16_t* vh = reinterpret_cast<const uint16_t*>(vr);
+        for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = fp16_to_float(kh[d]);
+        for (int64_t d = 0; d < D; ++d) vd[d] = fp16_to_float(vh[d]);
       } else {
         for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = load_elem(kr + d * src.k_ds, src.kind, src.fp8_lut);
         for (int64_t d = 0; d < D; ++d) vd[d] = load_elem(vr + d * src.v_ds, src.kind, src.fp8_lut);

@@ -16,6 +16,7 @@ import torch
 from .. import _extension
 from ..dispatch import register_impl
 from ..ops import checks
+from ..reference.matmul_ref import apply_scales
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -73,7 +74,6 @@ def scaled_matmul(a, b, scale_a, scale_b, bias, out_dtype):
     fp8: one fp32-accumulated GEMM, as torch._scaled_mm. Then the scales and the bias in fp32,
     rounded once to out_dtype. (Operands are widened per call, b included: a prepared-weight
     path and an int8 dot-product kernel (VNNI / AMX) are issue 11's next steps.)"""
-    from ..torch_provider.matmul import broadcast_scale
     m, k = a.shape
     n = b.shape[1]
     a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
@@ -86,10 +86,7 @@ def scaled_matmul(a, b, scale_a, scale_b, bias, out_dtype):
                                  None, torch.float32)
             acc += part.to(acc.dtype)
         y = acc.to(torch.float32)
-    y.mul_(broadcast_scale(scale_a, m, (m, 1))).mul_(broadcast_scale(scale_b, n, (1, n)))
-    if bias is not None:
-        y.add_(bias)
-    return y.to(out_dtype)
+    return apply_scales(y, scale_a, scale_b, bias, out_dtype)
 
 
 def _scaled_matmul_supports(a, b, scale_a, scale_b, bias, out_dtype):

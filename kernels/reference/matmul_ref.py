@@ -45,17 +45,30 @@ def linear(x, weight, bias, activation):
     return matmul(x, weight.t(), bias, activation, None)
 
 
+def broadcast_scale(scale: torch.Tensor, n: int, shape: tuple[int, int],
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``scale`` in ``dtype``, broadcastable against [M, N]: ``shape`` ([M, 1] or [1, N]) when it
+    has one element per row / column (n > 1 of them), else 0-dim (one per tensor)."""
+    s = scale.to(dtype)
+    return s.reshape(shape) if scale.numel() == n and n != 1 else s.reshape(())
+
+
+def apply_scales(acc: torch.Tensor, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
+    """scaled_matmul's epilogue on the product ``acc`` [M, N] (fp32 or fp64, in place): times
+    scale_a per row and scale_b per column, plus bias, in acc's dtype; rounded once to
+    out_dtype. Shared by the reference (fp64) and the impls (fp32)."""
+    m, n = acc.shape
+    acc.mul_(broadcast_scale(scale_a, m, (m, 1), acc.dtype))
+    acc.mul_(broadcast_scale(scale_b, n, (1, n), acc.dtype))
+    if bias is not None:
+        acc.add_(bias)
+    return acc.to(out_dtype)
+
+
 def scaled_matmul(a, b, scale_a, scale_b, bias, out_dtype):
     """fp8 or int8 a [M, K] @ b [K, N], dequantised by scale_a (numel 1 or M) and scale_b
     (numel 1 or N), plus bias [N] -> [M, N] in out_dtype. Math in fp64 (exact products)."""
-    m, n = a.shape[0], b.shape[1]
-    acc = a.to(torch.float64) @ b.to(torch.float64)
-    sa = scale_a.to(torch.float64).reshape(-1, 1) if scale_a.numel() == m and m != 1 else scale_a.to(torch.float64).reshape(())
-    sb = scale_b.to(torch.float64).reshape(1, -1) if scale_b.numel() == n and n != 1 else scale_b.to(torch.float64).reshape(())
-    out = acc * sa * sb
-    if bias is not None:
-        out = out + bias.to(torch.float64)
-    return out.to(out_dtype)
+    return apply_scales(a.to(torch.float64) @ b.to(torch.float64), scale_a, scale_b, bias, out_dtype)
 
 
 def quantized_linear(x, qweight, scales, zeros, bits, group_size, bias):

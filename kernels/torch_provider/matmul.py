@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import checks
+from ..reference.matmul_ref import apply_scales, broadcast_scale
 from .common import compute_dtype, cpu_only_reason, gemm_device_reason
 
 _HALF = (torch.bfloat16, torch.float16)
@@ -90,13 +91,6 @@ def _cpu_kernel_reason(op: str, t, fn_name: str, why: str) -> str | None:
 
 
 # -- scaled (fp8 / int8) -----------------------------------------------------------------------
-def broadcast_scale(scale: torch.Tensor, n: int, shape: tuple[int, int]) -> torch.Tensor:
-    """fp32 scale broadcastable against [M, N]: 0-dim for one element per tensor, else
-    ``shape`` ([M, 1] or [1, N]). As the reference: per row/column iff it has n > 1 elements."""
-    s = scale.to(torch.float32)
-    return s.reshape(shape) if scale.numel() == n and n != 1 else s.reshape(())
-
-
 def _pad(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return F.pad(t, (0, cols - t.shape[1], 0, rows - t.shape[0])) if (rows, cols) != t.shape else t
 
@@ -109,11 +103,7 @@ def _int8(a, b, scale_a, scale_b, bias, out_dtype):
         acc = torch._int_mm(_pad(a, m, kp), _pad(b, kp, np_))[:, :n]
     else:
         acc = torch._int_mm(a, b)
-    y = acc.to(torch.float32)
-    y.mul_(broadcast_scale(scale_a, m, (m, 1))).mul_(broadcast_scale(scale_b, n, (1, n)))
-    if bias is not None:
-        y.add_(bias)
-    return y.to(out_dtype).contiguous()
+    return apply_scales(acc.to(torch.float32), scale_a, scale_b, bias, out_dtype).contiguous()
 
 
 def _fp8(a, b, scale_a, scale_b, bias, out_dtype):

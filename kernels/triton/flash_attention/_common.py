@@ -89,25 +89,6 @@ def seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
-def cu_seqlens_ok(CU, total, max_len, CHUNK: tl.constexpr):
-    """Whether cu_seqlens[0..batch] is what the kernels assume: starts at 0, ends at total,
-    non-decreasing, no length above max_len. Read by every program (batch + 1 ints, cached;
-    no host sync, no extra launch). Differences cannot overflow before the first violation:
-    up to it every entry lies in [0, total]; later ones do not matter (the result is already
-    False)."""
-    batch = tl.num_programs(1)
-    bad = 0
-    for i0 in range(0, batch + 1, CHUNK):
-        i = i0 + tl.arange(0, CHUNK)
-        c = tl.load(CU + i, mask=i <= batch, other=0)
-        n = tl.load(CU + i + 1, mask=i < batch, other=0)
-        wrong = (((i == 0) & (c != 0)) | ((i == batch) & (c != total))
-                 | ((i < batch) & ((n < c) | (n - c > max_len))))
-        bad += tl.sum(wrong.to(tl.int32), 0)
-    return bad == 0
-
-
-@triton.jit
 def token_base(b, start, seqlen, IS_VARLEN: tl.constexpr):
     """Token index (int64) of a sequence's first row in a contiguous [B, S, H, D] / [T, H, D]
     tensor the kernels allocate themselves (out, dq, dk, dv): b*S + start, varlen just start."""

@@ -9,8 +9,9 @@ attention kernels ran out of SGPRs with the extra strides).
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, cu_seqlens_ok, full_block_range, mm, row_stat_base, scores, seq_bounds,
-                      token_base, visible)
+from ..jit_checks import cu_seqlens_ok, nan_rows_seeing, zero_nonfinite
+from ._common import (LOG2E, full_block_range, mm, row_stat_base, scores, seq_bounds, token_base,
+                      visible)
 
 
 @triton.jit
@@ -40,23 +41,13 @@ def _attend_block(q, k_base, v_base, stride_ks, stride_vs, k_start, offs_n, d_ok
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + kpos[:, None] * stride_vs, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
     if MASKED:
-        # A NaN / inf in V would reach rows that do not see its key through their 0 weight
-        # (0 * NaN = NaN). On blocks with masked pairs such values are zeroed for the dot, and
-        # the rows that see one get NaN (their denominator): hidden ones change nothing. Only
-        # a causal mask or a window hides keys from some rows and not others (keys past a
-        # sequence are loaded as 0); without one none of this is compiled.
+        # Only a causal mask or a window hides a key from some rows and not others (keys past
+        # a sequence are loaded as 0), and only on blocks with masked pairs; without one none
+        # of this is compiled. The mask is recomputed: cheaper than keeping s live.
         if (start_n < full_lo) | (start_n >= full_hi):
-            finite = tl.abs(v.to(tl.float32)) < float("inf")   # NaN, +-inf: False (fp32: see TRAPS)
-            v = tl.where(finite, v, 0.0)
-            # (the reductions' forms are what compiles spill-free: float sums for fp32 tiles,
-            # integer max otherwise; tests/test_codegen_attention.py)
-            if v.dtype == tl.float32:
-                key_special = tl.sum(tl.where(finite, 0.0, 1.0), 1)
-            else:
-                key_special = 1.0 - tl.min(finite.to(tl.int32), 1).to(tl.float32)
-            seen = visible(rows, cols, sq, sk, diag, window_left, window_right)   # cheaper than keeping s live
-            sees = tl.sum(tl.where(seen, key_special[None, :], 0.0), 1) > 0.0
-            l_i = tl.where(sees, float("nan"), l_i)
+            v, key_special = zero_nonfinite(v)
+            l_i = nan_rows_seeing(key_special,
+                                  visible(rows, cols, sq, sk, diag, window_left, window_right), l_i)
     acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, DOT_FP32, PREC)
     return m_new, l_i, acc
 
@@ -92,8 +83,9 @@ def attn_fwd_kernel(
         # the tensors; if they are not a valid batch at all, no row can be trusted to belong to
         # its sequence, so every row of the output becomes NaN (lse too) instead of a
         # plausible value: this program computes nothing and writes NaN.
-        valid = (cu_seqlens_ok(CU_Q, seqlen_q, max_seqlen_q, 128)
-                 & cu_seqlens_ok(CU_K, seqlen_k, max_seqlen_k, 128))
+        batch = tl.num_programs(1)
+        valid = (cu_seqlens_ok(CU_Q, batch, seqlen_q, max_seqlen_q, 128)
+                 & cu_seqlens_ok(CU_K, batch, seqlen_k, max_seqlen_k, 128))
     diag = sk - sq
     b64 = b.to(tl.int64)
 

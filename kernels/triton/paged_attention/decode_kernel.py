@@ -15,6 +15,8 @@ independent of it.
 import triton
 import triton.language as tl
 
+from ..jit_checks import cu_seqlens_ok
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -24,20 +26,6 @@ def _tanh(x):
     # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf without a libdevice call, which
     # keeps one source for the CUDA and HIP backends.
     return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
-
-
-@triton.jit
-def _cu_seqlens_invalid(CU, num_seqs, total, max_len, SCAN: tl.constexpr):
-    """Whether offsets CU[0..num_seqs] are not 0 .. total, non-decreasing, each run <= max_len.
-    Every program scans them all (num_seqs + 1 ints, L2-resident): one bad run can make two
-    valid-looking ones overlap, so no program can judge its own run alone."""
-    bad = (tl.load(CU) != 0) | (tl.load(CU + num_seqs) != total)
-    for i0 in range(0, num_seqs, SCAN):
-        i = i0 + tl.arange(0, SCAN)
-        ok = i < num_seqs
-        run = tl.load(CU + i + 1, mask=ok, other=0) - tl.load(CU + i, mask=ok, other=0)
-        bad = bad | (tl.max((ok & ((run < 0) | (run > max_len))).to(tl.int32), 0) > 0)
-    return bad
 
 
 @triton.jit
@@ -109,8 +97,8 @@ def paged_decode_kernel(
         n_q = q1 - q0
         # A run longer than the grid's rows (max_seqlen_q understated) is an error only
         # where it would leave rows uncomputed: the bound is what the row chunks cover.
-        bad = _cu_seqlens_invalid(CU_Q, tl.num_programs(0), q_len, (row_chunks * BLOCK_M) // group,
-                                  SCAN)
+        bad = cu_seqlens_ok(CU_Q, tl.num_programs(0), q_len, (row_chunks * BLOCK_M) // group,
+                            SCAN) == 0
     else:
         q0 = 0
         n_q = q_len
@@ -213,11 +201,11 @@ def paged_decode_kernel(
             v = v.to(q.dtype)
             pv = p.to(q.dtype)
         if MULTI_TOKEN:
-            # A NaN / inf in V would reach every row through its 0 weight (0 * NaN = NaN),
-            # also rows that do not see the key (rows of different tokens see different
-            # keys). Such values are zeroed for the dot and the rows that see one get NaN
-            # (their denominator): hidden ones change nothing. Branch-free (branches spilled
-            # SGPRs on AMD); decode, one token per sequence, compiles none of it.
+            # rows of different tokens see different keys (decode, one token per sequence,
+            # compiles none of this). jit_checks.zero_nonfinite / nan_rows_seeing inline, in
+            # the form that compiles spill-free here (theirs spilled 8 bytes on sm80 varlen;
+            # v is fp32 under the interpreter for bf16, so `v != v` sees NaN); branch-free: a
+            # branch spilled SGPRs on AMD
             special = (v != v) | (tl.abs(v.to(tl.float32)) == float("inf"))
             v = tl.where(special, 0.0, v)
             sees = tl.max(tl.where(visible, tl.max(special.to(tl.int32), 1)[None, :], 0), 1) > 0

@@ -106,6 +106,21 @@ def test_table_persists_reloads_and_fingerprint_change_measures_anew(monkeypatch
     assert len(list((tmp_path / "cache" / "selection").glob("cpu-*.json"))) == 2
 
 
+def test_fingerprint_changes_with_the_kernel_code(monkeypatch, tmp_path):
+    # a rebuilt kernel with the same version number must not reuse the old measurements
+    extension = importlib.import_module("polykernels._extension")
+    src = tmp_path / "bindings"
+    src.mkdir()
+    (src / "kernel.cpp").write_text("int f() { return 1; }")
+    monkeypatch.setattr(extension, "_bindings_dir", lambda: str(src))
+    monkeypatch.setattr(selection, "_code_digest_memo", [])
+    before = selection.fingerprint(torch.device("cpu"))
+    assert selection.fingerprint(torch.device("cpu")) == before          # stable
+    (src / "kernel.cpp").write_text("int f() { return 2; }")
+    monkeypatch.setattr(selection, "_code_digest_memo", [])
+    assert selection.fingerprint(torch.device("cpu")) != before
+
+
 def test_no_measuring_while_tracing(monkeypatch):
     calls = []
     r = registry_with({"slow": 3.0, "fast": 1.0}, calls)

@@ -23,8 +23,9 @@ call): while torch.compile traces, during CUDA graph capture, on fake or meta te
 
 The table lives in ``$POLYKERNELS_CACHE_DIR/selection/<fingerprint>.json`` (default
 ``~/.cache/polykernels``). The fingerprint covers the CPU model and its kernel-relevant flags,
-GPU names, and the torch / Triton / polykernels / Python versions, so a changed machine or
-software stack measures anew. ``polykernels tune`` fills it ahead of time for common models.
+GPU names, the torch / Triton / polykernels / Python versions and a digest of the package's
+own kernel code, so a changed machine, software stack or kernel (a rebuilt C++ extension with
+the same version number) measures anew. ``polykernels tune`` fills it ahead of time for common models.
 
 Distributed serving: each process measures its own inputs, so two ranks could rank two
 impls of nearly equal speed differently. To make every rank choose the same, run
@@ -89,12 +90,39 @@ def _version(dist: str) -> str:
         return "none"
 
 
+_CODE_SUFFIXES = (".py", ".cpp", ".h", ".cu", ".cuh")
+_code_digest_memo: list[str] = []
+
+
+def code_digest() -> str:
+    """A hash of the package's kernel code (Python, C++, CUDA sources; the bindings of a
+    source checkout too), read once per process (~0.7 MB). The version number alone misses a
+    development rebuild: a table measured before a faster kernel landed would keep its stale
+    choice."""
+    if _code_digest_memo:
+        return _code_digest_memo[0]
+    from .. import _extension
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for root in (pkg, _extension._bindings_dir()):
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith(_CODE_SUFFIXES):
+                    path = os.path.join(folder, name)
+                    with open(path, "rb") as fh:
+                        digest.update(os.path.relpath(path, root).encode() + b"\0" + fh.read())
+    _code_digest_memo.append(digest.hexdigest()[:16])
+    return _code_digest_memo[0]
+
+
 def fingerprint(device: torch.device) -> str:
     """A short hash of what decides kernel speed on this machine for ``device``."""
     from .accelerator import cpu_features
     model, flags = cpu_features()
     parts = [model, ",".join(sorted(flags)), str(os.cpu_count()), torch.__version__,
-             _version("triton"), _version("polykernels"), "%d.%d" % sys.version_info[:2]]
+             _version("triton"), _version("polykernels"), "%d.%d" % sys.version_info[:2],
+             code_digest()]
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)

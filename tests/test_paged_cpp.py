@@ -109,6 +109,21 @@ def test_paged(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_paged_row_tiles(isa, dtype):
+    # The pack-free decode path (<= 8 rows per KV head; the AVX2 path) tiles rows by 4, 2 and 1
+    # and the head dim by 8 / R vectors with a one-vector tail: 5 rows (4 + 1), 3 rows x 2 tokens, MHA
+    # (1 row) with D 24 (tail chunks), 7 rows with a key count that leaves a partial key tile.
+    check_paged(f"[{isa} {dtype} 5 rows D 48]", paged_case(dtype, False, [301, 9], 1, 5, 1, 48, 16))
+    check_paged(f"[{isa} {dtype} 3x2 rows D 40]", paged_case(dtype, False, [77, 130], 2, 6, 2, 40, 8,
+                                                               window_left=50))
+    check_paged(f"[{isa} {dtype} MHA D 24]", paged_case(dtype, False, [1, 61, 250], 1, 3, 3, 24, 16, alibi=True))
+    check_paged(f"[{isa} {dtype} 7 rows D 136]", paged_case(dtype, False, [131, 5], 1, 14, 2, 136, 32,
+                                                             softcap=20.0))
+    # decode items cover up to 64 query rows of several KV heads: 9 KV heads of 8 rows = 8 + 1
+    check_paged(f"[{isa} {dtype} 9 KV heads x 8 rows]", paged_case(dtype, False, [300, 17], 1, 72, 9, 32, 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_paged_fp8(isa, dtype):
     check_paged(f"[{isa} {dtype} fp8]", paged_case(dtype, True, [700, 50, 1], 1, 8, 2, 64, 16, alibi=True))
     check_paged(f"[{isa} {dtype} fp8 odd D]", paged_case(dtype, True, [33, 20], 4, 2, 1, 33, 8, window_left=9))

@@ -42,6 +42,20 @@ struct Vec256 {
     m = _mm_add_ss(m, _mm_shuffle_ps(m, m, 1));
     return _mm_cvtss_f32(m);
   }
+  // Widening loads of 8 contiguous 16-bit values, and the sums of 8 vectors as one vector
+  // (lane i = the sum of a[i]): what the pack-free decode path of the engine needs (kDirect).
+  static constexpr bool kDirect = true;
+  static reg load_bf16(const char* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static reg load_f16(const char* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static reg reduce8(const reg* a) {
+    // hadd pairs twice: lane k of h0123 holds a half-sum of a[k % 4] (k < 4: the low half)
+    const __m256 h0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 h4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+  }
   // Cephes-style expf: exp(x) = 2^n * e^r, |r| <= ln2/2, degree-6 polynomial (~1 ulp);
   // x < -87.33 (including -inf) gives exactly 0, as masked scores need.
   static reg exp(reg x) {

@@ -47,6 +47,9 @@ struct DenseSrc {
   const float* fp8_lut;
   const char* krow(int64_t j) const { return k + j * k_ts; }
   const char* vrow(int64_t j) const { return v + j * v_ts; }
+  void rows(int64_t j0, int n, const char** kr, const char** vr) const {
+    for (int c = 0; c < n; ++c) { kr[c] = krow(j0 + c); vr[c] = vrow(j0 + c); }
+  }
 };
 
 // Keys of one (sequence, KV head) in a paged cache, found through the block table.
@@ -62,6 +65,20 @@ struct PagedSrc {
   }
   const char* vrow(int64_t j) const {
     return v + static_cast<int64_t>(bt[(j / block_size) * bt_s]) * vb_s + (j % block_size) * vo_s;
+  }
+  // The K and V rows of keys [j0, j0 + n) with one division, not two per key (64-bit
+  // divisions per row cost decode more than its loads); reads only the table entries of
+  // blocks that hold one of these keys.
+  void rows(int64_t j0, int n, const char** kr, const char** vr) const {
+    int64_t blk = j0 / block_size, off = j0 % block_size;
+    for (int c = 0; c < n;) {
+      const int64_t id = bt[blk * bt_s];
+      const char* kb = k + id * kb_s;
+      const char* vb = v + id * vb_s;
+      for (; off < block_size && c < n; ++off, ++c) { kr[c] = kb + off * ko_s; vr[c] = vb + off * vo_s; }
+      off = 0;
+      ++blk;
+    }
   }
 };
 
@@ -91,6 +108,10 @@ struct RowSet {
   int64_t pos[kMaxRows];             // position in key coordinates: d = pos - j
   int64_t lo[kMaxRows], hi[kMaxRows];  // visible keys [lo, hi)
   float slope[kMaxRows];
+  // KV heads the rows span (pack-free path only): rows [h * n / heads, (h + 1) * n / heads)
+  // read KV head h, at byte offsets h * k_hs / h * v_hs from the source's rows
+  int heads = 1;
+  int64_t k_hs = 0, v_hs = 0;
 };
 
 // Visible key range of a query at key-coordinate position `pos` among Sk keys.
@@ -247,6 +268,153 @@ void pv_visible_only(const RowSet& rs, const Src& src, int64_t j0, int n, int bn
   }
 }
 
+// ---- pack-free path for few query rows (decode) ----
+// With a handful of query rows per KV head (decode: the query heads sharing it), packing a
+// key block (K transposed and both widened into fp32 buffers) cost more than the products
+// themselves. This path reads each K and V row where it lies and widens it in registers:
+// S = Q K^T as dot products along D (8 accumulators per tile: R rows x 8/R keys, summed with
+// one reduce8), O = alpha O + P V along D. Used for Vec types that opt in (kDirect: widening
+// loads and reduce8, 8 lanes), contiguous head dims that are a multiple of the vector width,
+// and fp32 / bf16 / fp16 caches; fp8 and other layouts take the packed path.
+
+template <class V>
+constexpr auto has_direct(int) -> decltype(V::kDirect, bool()) { return V::kDirect && V::W == 8; }
+template <class V>
+constexpr bool has_direct(long) { return false; }
+
+// Row loaders: a vector of fp32 from W elements of the cache kind at p.
+struct LoadF32 { template <class V> static typename V::reg load(const char* p) { return V::load(reinterpret_cast<const float*>(p)); } static constexpr int kBytes = 4; };
+struct LoadBF16 { template <class V> static typename V::reg load(const char* p) { return V::load_bf16(p); } static constexpr int kBytes = 2; };
+struct LoadF16 { template <class V> static typename V::reg load(const char* p) { return V::load_f16(p); } static constexpr int kBytes = 2; };
+
+// Scores of rows [0, R) (fp32 Q rows, stride dp) against keys krows[0, 8 / R): out[r * 8/R + k].
+template <class V, class L, int R>
+inline void qk_direct_tile(const float* q, int64_t dp, const char* const* krows, int64_t koff, int64_t D,
+                           float* out) {
+  constexpr int NK = 8 / R;
+  typename V::reg acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = V::zero();
+  for (int64_t d = 0; d < D; d += V::W) {
+    typename V::reg kv[NK];
+    for (int k = 0; k < NK; ++k) kv[k] = L::template load<V>(krows[k] + koff + d * L::kBytes);
+    for (int r = 0; r < R; ++r) {
+      const typename V::reg qv = V::load(q + r * dp + d);
+      for (int k = 0; k < NK; ++k) acc[r * NK + k] = V::fmadd(qv, kv[k], acc[r * NK + k]);
+    }
+  }
+  V::store(out, V::reduce8(acc));
+}
+
+// S rows [r0, r0 + R) x keys [0, n) of the block (the last tile repeats a valid key row and
+// drops its extra scores, so nothing past the block is read).
+template <class V, class L, int R>
+inline void qk_direct_rows(const float* q, int64_t dp, const char* const* krows, int64_t koff, int n, int64_t D,
+                           float* S, int bn) {
+  constexpr int NK = 8 / R;
+  float out[8];
+  const char* ks[NK];
+  for (int c0 = 0; c0 < n; c0 += NK) {
+    for (int k = 0; k < NK; ++k) ks[k] = krows[c0 + k < n ? c0 + k : n - 1];
+    qk_direct_tile<V, L, R>(q, dp, ks, koff, D, out);
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < NK && c0 + k < n; ++k) S[r * bn + c0 + k] = out[r * NK + k];
+  }
+}
+
+// O rows [0, R), dims [d0, d0 + CC * W): O = alpha O + sum_j P[r][j] V[j] over the block.
+template <class V, class L, int R, int CC>
+inline void pv_direct_tile(const float* S, int bn, const char* const* vrows, int64_t voff, int n, float* O,
+                           int64_t dp, const float* alpha, int64_t d0) {
+  typename V::reg acc[R][CC];
+  for (int r = 0; r < R; ++r) {
+    const typename V::reg a = V::set1(alpha[r]);
+    for (int c = 0; c < CC; ++c) acc[r][c] = V::mul(V::load(O + r * dp + d0 + c * V::W), a);
+  }
+  for (int j = 0; j < n; ++j) {
+    typename V::reg vv[CC];
+    for (int c = 0; c < CC; ++c) vv[c] = L::template load<V>(vrows[j] + voff + (d0 + c * V::W) * L::kBytes);
+    for (int r = 0; r < R; ++r) {
+      const typename V::reg pb = V::set1(S[r * bn + j]);
+      for (int c = 0; c < CC; ++c) acc[r][c] = V::fmadd(pb, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < CC; ++c) V::store(O + r * dp + d0 + c * V::W, acc[r][c]);
+}
+
+// 16 accumulator-and-operand registers: R rows x CC vectors of O.
+template <class V, class L, int R>
+inline void pv_direct_rows(const float* S, int bn, const char* const* vrows, int64_t voff, int n, float* O,
+                           int64_t dp, const float* alpha, int64_t D) {
+  constexpr int CC = 8 / R;
+  int64_t d0 = 0;
+  for (; d0 + CC * V::W <= D; d0 += CC * V::W) pv_direct_tile<V, L, R, CC>(S, bn, vrows, voff, n, O, dp, alpha, d0);
+  for (; d0 < D; d0 += V::W) pv_direct_tile<V, L, R, 1>(S, bn, vrows, voff, n, O, dp, alpha, d0);
+}
+
+// All rows [0, nr) in tiles of 4, then 2, then 1 rows.
+template <class V, class L>
+inline void qk_direct(const float* Q, int64_t dp, const char* const* krows, int64_t koff, int n, int64_t D,
+                      float* S, int bn, int nr) {
+  int r0 = 0;
+  for (; r0 + 4 <= nr; r0 += 4) qk_direct_rows<V, L, 4>(Q + r0 * dp, dp, krows, koff, n, D, S + r0 * bn, bn);
+  for (; r0 + 2 <= nr; r0 += 2) qk_direct_rows<V, L, 2>(Q + r0 * dp, dp, krows, koff, n, D, S + r0 * bn, bn);
+  for (; r0 < nr; ++r0) qk_direct_rows<V, L, 1>(Q + r0 * dp, dp, krows, koff, n, D, S + r0 * bn, bn);
+}
+
+template <class V, class L>
+inline void pv_direct(const float* S, int bn, const char* const* vrows, int64_t voff, int n, float* O, int64_t dp,
+                      const float* alpha, int64_t D, int nr) {
+  int r0 = 0;
+  for (; r0 + 4 <= nr; r0 += 4)
+    pv_direct_rows<V, L, 4>(S + r0 * bn, bn, vrows, voff, n, O + r0 * dp, dp, alpha + r0, D);
+  for (; r0 + 2 <= nr; r0 += 2)
+    pv_direct_rows<V, L, 2>(S + r0 * bn, bn, vrows, voff, n, O + r0 * dp, dp, alpha + r0, D);
+  for (; r0 < nr; ++r0) pv_direct_rows<V, L, 1>(S + r0 * bn, bn, vrows, voff, n, O + r0 * dp, dp, alpha + r0, D);
+}
+
+// Rows of rs.heads KV heads at once (decode plans all KV heads of a sequence into one item,
+// so each paged block is read front to back, not one head's slice at a time).
+template <class V, class Ops, class L, class Src>
+void attend_direct(const RowSet& rs, const Src& src, int64_t D, int64_t kbeg, int64_t kend, float softcap,
+                   bool alibi, bool v_nonfinite, int es, Workspace& w) {
+  constexpr int BN = Ops::BN;
+  const char* rows_a[2][BN];  // K and V rows of this block, then of the next
+  const char* rows_b[2][BN];
+  const char* (*cur)[BN] = rows_a;
+  const char* (*nxt)[BN] = rows_b;
+  const float* Q = static_cast<const float*>(w.q);
+  const int nr = rs.n, g = rs.n / rs.heads;
+  if (kbeg < kend) src.rows(kbeg, static_cast<int>(imin(BN, kend - kbeg)), cur[0], cur[1]);
+  for (int64_t j0 = kbeg; j0 < kend; j0 += BN) {
+    const int n = static_cast<int>(imin(BN, kend - j0));
+    if (j0 + BN < kend) {  // the next block's rows, prefetched: they arrive while this one computes
+      const int nn = static_cast<int>(imin(BN, kend - j0 - BN));
+      src.rows(j0 + BN, nn, nxt[0], nxt[1]);
+      for (int c = 0; c < nn; ++c)
+        for (int h = 0; h < rs.heads; ++h)
+          for (int64_t off = 0; off < D * es; off += 64) {
+            __builtin_prefetch(nxt[0][c] + h * rs.k_hs + off);
+            __builtin_prefetch(nxt[1][c] + h * rs.v_hs + off);
+          }
+    }
+    const char* const* krows = cur[0];
+    const char* const* vrows = cur[1];
+    for (int h = 0; h < rs.heads; ++h)
+      qk_direct<V, L>(Q + h * g * w.dp, w.dp, krows, h * rs.k_hs, n, D, w.s + h * g * BN, BN, g);
+    for (int r = 0; r < nr; ++r) softmax_row<V, Ops>(rs, r, j0, n, softcap, alibi, w);
+    // (several heads only where every row sees the same keys: no block is partly masked)
+    if (v_nonfinite && rs.heads == 1 && block_partly_masked(rs, j0, n) && v_rows_nonfinite(src, j0, n, D))
+      pv_visible_only(rs, src, j0, n, BN, D, nr, w);
+    else
+      for (int h = 0; h < rs.heads; ++h)
+        pv_direct<V, L>(w.s + h * g * BN, BN, vrows, h * rs.v_hs, n, w.o + h * g * w.dp, w.dp, w.alpha + h * g, D, g);
+    const char* (*t)[BN] = cur;
+    cur = nxt;
+    nxt = t;
+  }
+}
+
 // Attention of the rows of `rs` over keys [kbeg, kend) of `src` (each row further limited
 // to its own [lo, hi)). Leaves un-normalised O, m, l for rows [0, rs.n) in the workspace.
 template <class V, class Ops, class Src>
@@ -268,6 +436,16 @@ void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float s
   }
   const int es = elem_bytes(src.kind);
   const bool contiguous = src.k_ds == es && src.v_ds == es;
+  if constexpr (has_direct<V>(0)) {
+    if (contiguous && rs.n / rs.heads <= kDirectMaxRows && D % V::W == 0) {
+      switch (src.kind) {
+        case kF32: return attend_direct<V, Ops, LoadF32>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
+        case kBF16: return attend_direct<V, Ops, LoadBF16>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
+        case kF16: return attend_direct<V, Ops, LoadF16>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
+        default: break;  // fp8: the packed path's lookup table
+      }
+    }
+  }
   for (int64_t j0 = kbeg; j0 < kend; j0 += Ops::BN) {
     const int n = static_cast<int>(imin(Ops::BN, kend - j0));
     if (contiguous && j0 + kPrefetchBlocks * Ops::BN < kend)  // arrives while earlier blocks compute
@@ -499,11 +677,14 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
   auto head_scale = [&](int row, int64_t hk) {
     return p.kv_scales != nullptr ? p.kv_scales[row * p.kvs_s[0] + hk * p.kvs_s[1]] : 1.f;
   };
-  // one pass over each sequence's V per KV head: does it hold NaN / inf (see attend)?
+  // one pass over each sequence's V per KV head: does it hold NaN / inf (see attend)? Not for
+  // a sequence with one query: all rows of its items share one visible range, so no key
+  // block is partly masked (decode would read V twice for nothing).
   uint8_t* v_bad = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(p.num_seqs * p.heads_kv) + 1, 1));
 #pragma omp parallel for schedule(dynamic, 1) if (v_bad != nullptr)
   for (int64_t sh = 0; sh < (v_bad != nullptr ? p.num_seqs * p.heads_kv : 0); ++sh) {
     const int64_t s = sh / p.heads_kv, hk = sh % p.heads_kv;
+    if (p.q_count(s) <= 1) continue;
     PagedSrc src;
     src.v = static_cast<const char*>(p.v_cache) + hk * p.vc_s[2] * cs;
     src.bt = p.block_table + s * p.bt_s[0];
@@ -527,16 +708,20 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
       rs.q_ds = p.q_s[3] * qs;
       rs.q_kind = p.q_kind;
       int64_t kbeg = INT64_MAX, kend = 0;
-      for (int64_t t = 0; t < item.nt; ++t)
-        for (int64_t g = 0; g < item.ng; ++g) {
-          const int r = rs.n++;
-          const int64_t tok = item.t0 + t, h = item.hk * group + item.g0 + g;
-          rs.q[r] = static_cast<const char*>(p.q) + (s * p.q_s[0] + (qt0 + tok) * p.q_s[1] + h * p.q_s[2]) * qs;
-          rs.pos[r] = tok + sk - sq;  // negative for a padded slot (seq_len 0): nothing visible
-          rs.slope[r] = alibi ? p.alibi[s * p.alibi_bs + h * p.alibi_hs] : 0.f;
-          visible_range(rs.pos[r], sk, true, p.window_left, p.window_right, &rs.lo[r], &rs.hi[r]);
-          if (rs.lo[r] < rs.hi[r]) { kbeg = imin(kbeg, rs.lo[r]); kend = imax(kend, rs.hi[r]); }
-        }
+      rs.heads = static_cast<int>(item.nh);
+      rs.k_hs = p.kc_s[2] * cs;
+      rs.v_hs = p.vc_s[2] * cs;
+      for (int64_t hh = 0; hh < item.nh; ++hh)
+        for (int64_t t = 0; t < item.nt; ++t)
+          for (int64_t g = 0; g < item.ng; ++g) {
+            const int r = rs.n++;
+            const int64_t tok = item.t0 + t, h = (item.hk + hh) * group + item.g0 + g;
+            rs.q[r] = static_cast<const char*>(p.q) + (s * p.q_s[0] + (qt0 + tok) * p.q_s[1] + h * p.q_s[2]) * qs;
+            rs.pos[r] = tok + sk - sq;  // negative for a padded slot (seq_len 0): nothing visible
+            rs.slope[r] = alibi ? p.alibi[s * p.alibi_bs + h * p.alibi_hs] : 0.f;
+            visible_range(rs.pos[r], sk, true, p.window_left, p.window_right, &rs.lo[r], &rs.hi[r]);
+            if (rs.lo[r] < rs.hi[r]) { kbeg = imin(kbeg, rs.lo[r]); kend = imax(kend, rs.hi[r]); }
+          }
       if (n_splits > 1) {  // this split's share of the item's key range, in whole blocks
         const int64_t len = kend > kbeg ? kend - kbeg : 0;
         const int64_t chunk = round_up((len + n_splits - 1) / n_splits, Ops::BN);
@@ -560,20 +745,21 @@ void run_paged_items(const PagedParams& p, const PagedItem* items, int64_t n_ite
       attend<V, Ops>(rs, src, D, qk_scale, p.softcap, alibi,
                      v_bad == nullptr || v_bad[s * p.heads_kv + item.hk] != 0, w);
       int r = 0;
-      for (int64_t t = 0; t < item.nt; ++t)
-        for (int64_t g = 0; g < item.ng; ++g, ++r) {
-          const int64_t tok = item.t0 + t, h = item.hk * group + item.g0 + g;
-          if (n_splits == 1) {
-            char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + (qt0 + tok) * p.o_s[1] + h * p.o_s[2]) * qs;
-            finalize_row(w, r, D, out_mul, dst, p.o_s[3], p.q_kind,
-                         p.lse + s * p.lse_s[0] + h * p.lse_s[1] + (qt0 + tok) * p.lse_s[2],
-                         p.sinks != nullptr ? p.sinks[h] : kNegInf);
-          } else {
-            // partials exclude the sink; the merge adds it once
-            const int64_t idx = (item.split * p.total_tokens() + p.row_base(s) + tok) * p.heads_q + h;
-            finalize_row(w, r, D, out_mul, reinterpret_cast<char*>(part_o + idx * D), 1, kF32, part_lse + idx);
+      for (int64_t hh = 0; hh < item.nh; ++hh)
+        for (int64_t t = 0; t < item.nt; ++t)
+          for (int64_t g = 0; g < item.ng; ++g, ++r) {
+            const int64_t tok = item.t0 + t, h = (item.hk + hh) * group + item.g0 + g;
+            if (n_splits == 1) {
+              char* dst = static_cast<char*>(p.out) + (s * p.o_s[0] + (qt0 + tok) * p.o_s[1] + h * p.o_s[2]) * qs;
+              finalize_row(w, r, D, out_mul, dst, p.o_s[3], p.q_kind,
+                           p.lse + s * p.lse_s[0] + h * p.lse_s[1] + (qt0 + tok) * p.lse_s[2],
+                           p.sinks != nullptr ? p.sinks[h] : kNegInf);
+            } else {
+              // partials exclude the sink; the merge adds it once
+              const int64_t idx = (item.split * p.total_tokens() + p.row_base(s) + tok) * p.heads_q + h;
+              finalize_row(w, r, D, out_mul, reinterpret_cast<char*>(part_o + idx * D), 1, kF32, part_lse + idx);
+            }
           }
-        }
     }
     std::free(w.base);
   }

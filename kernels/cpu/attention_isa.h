@@ -13,7 +13,13 @@ namespace pk::cpu::attn {
 // Query rows of one item: heads [hk * group + g0, + ng) x positions [t0, t0 + nt) of
 // sequence b, all sharing KV head hk; ng * nt <= 64.
 struct DenseItem { int64_t b, hk, g0, ng, t0, nt; };
-struct PagedItem { int64_t seq, hk, g0, ng, t0, nt, split; };
+// nh > 1 (pack-free decode path only): KV heads hk .. hk + nh - 1, each with all its query
+// heads (g0 = 0, ng = group) and one token.
+struct PagedItem { int64_t seq, hk, g0, ng, t0, nt, split, nh; };
+
+// Query rows per KV head up to which the engine's pack-free path reads K/V rows where they
+// lie instead of packing blocks (decode); Vec types opt in (the AVX2 path).
+constexpr int kDirectMaxRows = 8;
 
 #define PK_ATTN_DECLARE_ISA(ns)                                                                      \
   namespace ns {                                                                                     \
@@ -30,5 +36,10 @@ PK_ATTN_DECLARE_ISA(avx512bf16)  // bf16 queries with bf16 or fp8 keys/values on
 // Which entry point to use for these kinds on the active ISA.
 enum class AttnPath { Scalar, AVX2, AVX512, AVX512BF16 };
 AttnPath choose_path(int q_kind, int kv_kind);
+
+// Whether `path` runs this problem's decode through the pack-free path, so that one item may
+// cover several KV heads (PagedItem::nh): an opted-in path, an fp32 / bf16 / fp16 cache
+// with contiguous head dims of a multiple of 8, at most kDirectMaxRows query heads per KV head.
+bool paged_direct_ok(AttnPath path, const PagedParams& p);
 
 }  // namespace pk::cpu::attn

@@ -22,15 +22,30 @@ constexpr int64_t kMinKeysPerSplit = 256;
 
 }  // namespace
 
+bool paged_direct_ok(AttnPath path, const PagedParams& p) {
+  const bool kind_ok = p.cache_kind == kF32 || p.cache_kind == kBF16 || p.cache_kind == kF16;
+  return path == AttnPath::AVX2 && kind_ok && p.kc_s[3] == 1 && p.vc_s[3] == 1 && p.head_dim % 8 == 0 &&
+         p.heads_q / p.heads_kv <= kDirectMaxRows;
+}
+
 void paged_attention_fwd(const PagedParams& p) {
   const int64_t group = p.heads_q / p.heads_kv;
   const int64_t ng = group < 64 ? group : 64;
   const int64_t nt = 64 / ng;
+  const AttnPath path = choose_path(p.q_kind, p.cache_kind);
+  // A sequence with one query on the pack-free path: one item walks kv_per_item KV heads of
+  // each block together (all of them for <= 64 rows), reading the block front to back.
+  const bool direct = paged_direct_ok(path, p);
+  const int64_t kv_per_item = direct ? (64 / group < p.heads_kv ? 64 / group : p.heads_kv) : 1;
+  auto kv_chunks = [&](int64_t s) {
+    return direct && p.q_count(s) == 1 ? (p.heads_kv + kv_per_item - 1) / kv_per_item : 0;
+  };
   int64_t max_len = 0;
   for (int64_t s = 0; s < p.num_seqs; ++s) max_len = p.seq_lens[s] > max_len ? p.seq_lens[s] : max_len;
   const int64_t head_chunks = (group + ng - 1) / ng;
   int64_t base_items = 0;
-  for (int64_t s = 0; s < p.num_seqs; ++s) base_items += p.heads_kv * ((p.q_count(s) + nt - 1) / nt) * head_chunks;
+  for (int64_t s = 0; s < p.num_seqs; ++s)
+    base_items += kv_chunks(s) > 0 ? kv_chunks(s) : p.heads_kv * ((p.q_count(s) + nt - 1) / nt) * head_chunks;
   if (base_items == 0) return;
   int64_t n_splits = (kTargetItems + base_items - 1) / base_items;
   const int64_t cap = max_len / kMinKeysPerSplit > 1 ? max_len / kMinKeysPerSplit : 1;
@@ -39,12 +54,19 @@ void paged_attention_fwd(const PagedParams& p) {
   std::vector<PagedItem> items;
   items.reserve(base_items * n_splits);
   // Splits of one row set are adjacent so the dynamic schedule spreads long sequences.
-  for (int64_t s = 0; s < p.num_seqs; ++s)
+  for (int64_t s = 0; s < p.num_seqs; ++s) {
+    if (kv_chunks(s) > 0) {
+      for (int64_t hk = 0; hk < p.heads_kv; hk += kv_per_item)
+        for (int64_t sp = 0; sp < n_splits; ++sp)
+          items.push_back({s, hk, 0, group, 0, 1, sp, kv_per_item < p.heads_kv - hk ? kv_per_item : p.heads_kv - hk});
+      continue;
+    }
     for (int64_t hk = 0; hk < p.heads_kv; ++hk)
       for (int64_t t0 = 0, sq = p.q_count(s); t0 < sq; t0 += nt)
         for (int64_t g0 = 0; g0 < group; g0 += ng)
           for (int64_t sp = 0; sp < n_splits; ++sp)
-            items.push_back({s, hk, g0, ng < group - g0 ? ng : group - g0, t0, nt < sq - t0 ? nt : sq - t0, sp});
+            items.push_back({s, hk, g0, ng < group - g0 ? ng : group - g0, t0, nt < sq - t0 ? nt : sq - t0, sp, 1});
+  }
 
   std::vector<float> part_o, part_lse;
   const int64_t rows = p.total_tokens() * p.heads_q;  // partials: [split][token (row_base order)][head]
@@ -53,7 +75,7 @@ void paged_attention_fwd(const PagedParams& p) {
     part_lse.resize(static_cast<size_t>(n_splits * rows));
   }
   const float* lut = p.cache_kind == kFP8E4M3 ? fp8_e4m3_to_float_table() : nullptr;
-  switch (choose_path(p.q_kind, p.cache_kind)) {
+  switch (path) {
     case AttnPath::AVX512BF16:
       avx512bf16::paged_items(p, items.data(), items.size(), n_splits, part_o.data(), part_lse.data(), lut);
       break;

@@ -112,6 +112,19 @@ def test_quantized_linear_layouts(isa, bits):
         check(f"{isa} int{bits} gs={gs}", x, qw2, s2, z2, bits, gs, None, run(x, qw2, s2, z2, bits, gs, None))
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantized_linear_offset_activations(isa, bits, dtype):
+    """Activations with a large common offset (post-activation-like, all positive): the GEMV
+    sums x * u per group and subtracts z * s * sum(x), two terms that nearly cancel here."""
+    k, n = 512, 21
+    qw, s, z = make(n, k, bits, 64, False, dtype)
+    for rows in (1, 3):
+        x = (8.0 + 0.05 * torch.randn(rows, k)).to(dtype)
+        check(f"{isa} int{bits} {dtype} offset x rows={rows}", x, qw, s, z, bits, 64, None,
+              run(x, qw, s, z, bits, 64, None))
+
+
 def test_path_choice(isa):
     """Which kernel runs, so the matrix above provably covers each one on its ISA."""
     P = C().quantized_linear_path

@@ -11,6 +11,9 @@
 // blocks of Ops::BN: pack the K/V block once (dtype conversion, any strides, paged gather),
 // S = Q K^T, online softmax in fp32 (running max m, denominator l), O = O * alpha + P V.
 //
+// Few rows per KV head (decode) take attend_direct instead, where the Vec type opts in: no
+// packing, K and V rows read where they lie (see "pack-free path" below).
+//
 // Vec interface (fp32 SIMD of W lanes): reg, W, zero, load, store, set1, fmadd(a, b, c) =
 // a * b + c, mul, sub, max, reduce_max, reduce_add, exp (exp(-inf) = 0 exactly).
 // Ops interface: BN, q/k/v/p buffer sizes, load_q, pack, gemm_qk, write_p, zero_p, gemm_pv.

@@ -47,6 +47,8 @@ struct PagedParams {
 // One work item per (sequence, KV head, context split): the heads_q / heads_kv query heads
 // sharing a KV head are processed together, so each cached K/V byte is read once per
 // sequence; splits (merged afterwards) keep both cores busy when batch x heads_kv is small.
+// Decode on the engine's pack-free path (attention_isa.h: paged_direct_ok) takes up to 64
+// query rows of several KV heads per item instead, so each block is read front to back.
 // The split count depends only on the problem, never on the thread count, so results are
 // the same for any number of threads.
 void paged_attention_fwd(const PagedParams& p);

@@ -119,6 +119,9 @@ def test_paged_row_tiles(isa, dtype):
     check_paged(f"[{isa} {dtype} MHA D 24]", paged_case(dtype, False, [1, 61, 250], 1, 3, 3, 24, 16, alibi=True))
     check_paged(f"[{isa} {dtype} 7 rows D 136]", paged_case(dtype, False, [131, 5], 1, 14, 2, 136, 32,
                                                              softcap=20.0))
+    # row tiles of 4 + 2 (6 rows), and MHA (1 row per KV head) with a wider head dim
+    check_paged(f"[{isa} {dtype} 6 rows D 48]", paged_case(dtype, False, [90, 33], 1, 12, 2, 48, 16))
+    check_paged(f"[{isa} {dtype} MHA D 64]", paged_case(dtype, False, [75, 2], 1, 2, 2, 64, 16, alibi=True))
     # decode items cover up to 64 query rows of several KV heads: 9 KV heads of 8 rows = 8 + 1
     check_paged(f"[{isa} {dtype} 9 KV heads x 8 rows]", paged_case(dtype, False, [300, 17], 1, 72, 9, 32, 16))
 

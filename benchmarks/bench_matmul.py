@@ -5,7 +5,10 @@ torch._int_mm / dequantise + matmul / a loop of per-expert matmuls), then each i
 ``timed_impls`` lists for the op on this device (on CPU: cpp and reference; the Triton
 interpreter is never timed), chosen with ``pk.use``, then "default": the unpinned call.
 FLOP model 2*M*N*K; weight-only rows also report GB/s on the packed weight + scales bytes
-and % of the measured copy bandwidth.
+and % of the measured read bandwidth (a sum over a buffer past the caches). Weight-only rows
+are timed with a cold cache ("cold" in the shape; CPU: the last-level cache evicted before
+every timed call; GPU: do_bench clears the L2): a 22 MB int4 weight fits a 32 MB L3, but a
+server's decode step reads it from DRAM, each layer's weights evicted by the others'.
 
 CPU preset (issue 5 goals): GEMM fp32/bf16 1024^3 and 2048^3 (2048^3 skipped, with a row
 that says so, where torch took over SLOW_CALL_MS per 1024^3 call: bf16 without native bf16
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import polykernels as pk
-from benchmarks.common import (SLOW_CALL_MS, copy_bandwidth_gbs, impl_rows, main_for,
+from benchmarks.common import (SLOW_CALL_MS, impl_rows, main_for, read_bandwidth_gbs,
                                reference_output, rel_err, time_ms, timed_call)
 
 # (name, K, N) projections: Llama-3-8B (hidden 4096, 8 KV heads of 128, MLP 14336) and
@@ -44,14 +47,15 @@ def _reps(device, flops):
 
 
 def _impl_rows(report, op, shape, device, args, kwargs, torch_fn, flops=None, nbytes=None,
-               peak=None, **torch_kw):
-    """The torch row and the pk rows, timed together (interleaved: the same load for each);
-    errors against the reference on upcast copies (torch's own sets the tolerance)."""
+               peak=None, cold=False, **torch_kw):
+    """The torch row and the pk rows, timed together (interleaved: the same load for each;
+    ``cold``: caches evicted before each timed call); errors against the reference on upcast
+    copies (torch's own sets the tolerance)."""
     torch_out, _ = timed_call(torch_fn, device)   # also its warm-up call
     want = reference_output(op, args, kwargs)
     sizes = dict(flops=flops, nbytes=nbytes, peak_gbs=peak)
     impl_rows(report, op, device, args, kwargs, shape=shape,
-              reps=_reps(device, flops or 0),
+              reps={**_reps(device, flops or 0), "cold": cold},
               baselines={"torch": (torch_fn, {**sizes, **torch_kw,
                                               "max_err": rel_err(torch_out, want)})},
               err_fn=lambda out: rel_err(out, want), **sizes)
@@ -84,13 +88,13 @@ def bench_weight_only(report, device, M, K, N, bits, dtype=torch.bfloat16, group
     x = torch.randn(M, K, dtype=dtype, device=device)
     nbytes = qw.numel() + s.numel() * s.element_size()  # weight traffic dominates at small M
     flops = 2.0 * M * N * K
-    peak = copy_bandwidth_gbs(device)
+    peak = read_bandwidth_gbs(device)
     gs = "per channel" if group_size == -1 else f"g{group_size}"
-    shape = f"{label}M{M} K{K} N{N} int{bits} {gs} {str(dtype)[6:]}"
+    shape = f"{label}M{M} K{K} N{N} int{bits} {gs} {str(dtype)[6:]} cold"
     torch_fn, note = _torch_weight_only(x, qw, s, z, bits, group_size)
     _impl_rows(report, "quantized_linear", shape, device, (x, qw, s, z),
                dict(bits=bits, group_size=group_size), torch_fn, flops=flops, nbytes=nbytes,
-               peak=peak, note=note)
+               peak=peak, cold=True, note=note)
 
 
 def _torch_weight_only(x, qw, s, z, bits, group_size):

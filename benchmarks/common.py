@@ -73,9 +73,38 @@ def time_ms(fn, device, warmup: int = 3, rep: int = 10, min_time_s: float = 0.0,
                             min_time_s)["fn"]
 
 
+def llc_bytes() -> int:
+    """This CPU's last-level cache in bytes (sysfs; 32 MiB where it does not say)."""
+    best = 0
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(root):
+            with open(os.path.join(root, entry, "size")) as fh:
+                text = fh.read().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            best = max(best, int(text.rstrip("KMG")) * mult)
+    except (OSError, ValueError):
+        pass
+    return best or 32 << 20
+
+
+_evict_buffers: dict[str, torch.Tensor] = {}
+
+
+def evict_cpu_caches() -> None:
+    """Read a buffer of twice the last-level cache, so that the next call finds its inputs in
+    DRAM, as a server's decode step does (each layer's weights were evicted by the other
+    layers'). Read, not written: dirty lines would be written back during the timed call."""
+    buf = _evict_buffers.get("cpu")
+    if buf is None:
+        buf = torch.ones(2 * llc_bytes() // 4, dtype=torch.float32)
+        _evict_buffers["cpu"] = buf
+    buf.sum()
+
+
 def time_interleaved(fns: dict, rounds: int, warmup: int = 2, device="cpu",
                      first_ms: dict | None = None, min_time_s: float = 0.0,
-                     spreads: dict | None = None) -> dict:
+                     spreads: dict | None = None, cold: bool = False) -> dict:
     """Median ms per contender, calling each once per round in turn: on a shared, noisy CPU
     the contenders' times then come from calls made under the same load. A contender slower
     than ``SLOW_CALL_MS`` (in warm-up, or already in ``first_ms[name]``, the call that served
@@ -85,7 +114,10 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 2, device="cpu",
     and a row right after a row running the same kernel (the default after the impl it
     picks) found its data warm in the last-level cache (measured on the AVX2 VM: weight-only
     M1, a 22 MB weight, ran 1.5x faster there). ``spreads`` (a dict) receives each
-    contender's relative spread (see ``relative_spread``)."""
+    contender's relative spread (see ``relative_spread``). ``cold``: the last-level cache is
+    evicted before each timed call (``evict_cpu_caches``, not timed), for workloads whose
+    data would fit in it but comes from DRAM in a server (GPU timing, triton's do_bench,
+    clears the L2 by itself)."""
     if not fns:
         return {}
     device = torch.device(device)
@@ -110,6 +142,8 @@ def time_interleaved(fns: dict, rounds: int, warmup: int = 2, device="cpu",
         order.shuffle(names)   # no contender always first, or always after a given other
         for name in names:
             if not (name in slow and times[name]):
+                if cold:
+                    evict_cpu_caches()
                 times[name].append(timed_call(fns[name], device)[1])
         n += 1
     if spreads is not None:
@@ -849,14 +883,14 @@ def pinned_call(choices: dict | None, fn, *args, **kwargs):
 
 
 def time_rows(fns: dict, device, warmup: int = 3, rep: int = 10,
-              first_ms: dict | None = None, spreads: dict | None = None) -> dict:
+              first_ms: dict | None = None, spreads: dict | None = None, cold: bool = False) -> dict:
     """Median ms per named zero-argument function. CPU: interleaved rounds, so contenders
-    (e.g. the default call and the impl it picks) are compared under the same load; GPU:
-    ``time_ms`` each."""
+    (e.g. the default call and the impl it picks) are compared under the same load (``cold``:
+    see ``time_interleaved``); GPU: ``time_ms`` each (do_bench clears the L2 between calls)."""
     if torch.device(device).type == "cuda":
         return {name: time_ms(fn, device) for name, fn in fns.items()}
     return time_interleaved(fns, rounds=rep, warmup=warmup, device=device, first_ms=first_ms,
-                            spreads=spreads)
+                            spreads=spreads, cold=cold)
 
 
 def impl_rows(report: Report, op: str, device, args: tuple, kwargs: dict | None = None, *,

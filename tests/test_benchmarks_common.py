@@ -201,3 +201,17 @@ def test_plot_writes_one_panel_per_op_family(tmp_path):
     colours = common.provider_colours(["cpp", "x", "triton", "y"])
     assert colours["cpp"] == common.provider_colours(["cpp"])["cpp"]   # fixed per provider
     assert colours["x"] != colours["y"]
+
+
+def test_cold_rounds_evict_the_caches_before_every_timed_call(monkeypatch):
+    from benchmarks import common
+    assert common.llc_bytes() >= 1 << 20
+    events = []
+    monkeypatch.setattr(common, "evict_cpu_caches", lambda: events.append("evict"))
+    fns = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    common.time_interleaved(fns, rounds=3, warmup=1, cold=True)
+    timed = events[2:]   # after one warm-up call each
+    assert len(timed) == 12 and timed[0::2] == ["evict"] * 6 and sorted(timed[1::2]) == ["a"] * 3 + ["b"] * 3
+    events.clear()
+    common.time_interleaved(fns, rounds=2, warmup=0)
+    assert "evict" not in events

@@ -99,6 +99,21 @@ def test_attention_cpp(isa, dtype, case):
     _check("attention", *_attention_case(dtype, case), isa)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_cpp_single_query(isa, dtype):
+    """One query per sequence (decode over a dense cache), where the C++ kernels skip the scan
+    of V for non-finite values: a window hides the poisoned key, or the query sees it."""
+    q = torch.randn(2, 1, 4, 16, dtype=dtype)
+    k, v = torch.randn(2, 70, 2, 16, dtype=dtype), torch.randn(2, 70, 2, 16, dtype=dtype)
+    cpp = next(i for i in _impls("attention", (q, k, v, True, 0.25, 5, 0, 0.0, None)) if i.name == "cpp")
+    for value in (NAN, INF):
+        bad = _poison(v, [45], value)
+        hidden = cpp.fn(q, k, bad, True, 0.25, 5, 0, 0.0, None)[0]        # sees keys 64..69
+        torch.testing.assert_close(hidden, cpp.fn(q, k, v, True, 0.25, 5, 0, 0.0, None)[0], **_TOL[dtype])
+        seen = cpp.fn(q, k, bad, True, 0.25, -1, -1, 0.0, None)[0]        # sees every key
+        assert bool(seen.isnan().all() if value != value else (~seen.isfinite()).all())
+
+
 def test_varlen_sequence_boundaries_and_causal():
     _check("varlen_attention", *_varlen_case(), None)
 

@@ -606,13 +606,16 @@ void run_dense_items(const AttnParams& p, const DenseItem* items, int64_t n_item
   const int64_t group = p.heads_q / p.heads_kv;
   const int es = elem_bytes(p.kind);
   const bool alibi = p.alibi != nullptr;
-  // one pass over V per (sequence, KV head): does it hold NaN / inf (see attend)?
+  // one pass over V per (sequence, KV head): does it hold NaN / inf (see attend)? Not for a
+  // sequence with one query (decode over a dense cache): its rows share one visible range,
+  // so no key block is partly masked.
   // (malloc, not std::vector: a template instantiated here would be compiled for this TU's
   // ISA and could be the copy the linker keeps for every TU)
   uint8_t* v_bad = static_cast<uint8_t*>(std::calloc(static_cast<size_t>(p.batch * p.heads_kv) + 1, 1));
 #pragma omp parallel for schedule(dynamic, 1) if (v_bad != nullptr)
   for (int64_t bh = 0; bh < (v_bad != nullptr ? p.batch * p.heads_kv : 0); ++bh) {
     const int64_t b = bh / p.heads_kv, hk = bh % p.heads_kv;
+    if ((p.cu_q ? p.cu_q[b + 1] - p.cu_q[b] : p.seqlen_q) <= 1) continue;
     const int64_t kt0 = p.cu_k ? p.cu_k[b] : 0, sk = p.cu_k ? p.cu_k[b + 1] - kt0 : p.seqlen_k;
     DenseSrc src;
     src.v = static_cast<const char*>(p.v) + (b * p.v_s[0] + kt0 * p.v_s[1] + hk * p.v_s[2]) * es;

@@ -111,7 +111,8 @@ def info(args) -> int:
     if reason is None:
         ops = torch.ops.polykernels_C
         forced = os.environ.get("POLYKERNELS_CPU_ISA")
-        print(f"  CPU kernel path: {ops.cpu_isa()} (best on this CPU: {ops.detected_cpu_isa()}"
+        print(f"  CPU kernel path: {ops.cpu_isa()} (best on this CPU: {ops.detected_cpu_isa()}, "
+              f"default: {ops.default_cpu_isa()}"
               + (f"; POLYKERNELS_CPU_ISA={forced}" if forced else "") + ")")
         has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(
             "polykernels_C::cuda_paged_attention", "CUDA")

@@ -43,14 +43,14 @@ CPU_ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
 @pytest.fixture(params=CPU_ISAS)
 def isa(request):
     """Run the test once per CPU ISA path of the C++ kernels (forced through the extension's
-    set_cpu_isa); a path this CPU cannot run is skipped with the reason, and the best path is
-    restored afterwards."""
+    set_cpu_isa); a path this CPU cannot run is skipped with the reason, and the default path
+    is restored afterwards."""
     from polykernels import _extension
     _extension.load()
     ops = torch.ops.polykernels_C
     got = ops.set_cpu_isa(request.param)
     if got != request.param:  # capped: this CPU lacks the ISA, the path cannot run here
-        ops.set_cpu_isa(ops.detected_cpu_isa())
+        ops.set_cpu_isa(ops.default_cpu_isa())
         pytest.skip(f"CPU has no {request.param} (best: {got})")
     yield got
-    ops.set_cpu_isa(ops.detected_cpu_isa())
+    ops.set_cpu_isa(ops.default_cpu_isa())

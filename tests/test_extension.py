@@ -90,3 +90,23 @@ def test_no_jit_falls_back_to_reference(tmp_path):
     assert "compiling" not in stderr and not cache.exists()
     # logged once, on the "polykernels" logger (stderr through logging's last resort)
     assert stderr.count("C++ extension unavailable, C++ impls disabled") == 1
+
+
+def test_default_cpu_path_prefers_fp32_fma_on_intel():
+    """The default C++ path: the best the CPU supports, except AVX512-BF16 on Intel, where
+    vdpbf16ps runs at half the fp32 FMA rate (cpu_isa.h); forcing still reaches every path."""
+    _extension.load()
+    ops = torch.ops.polykernels_C
+    rule = ops.default_cpu_isa_for
+    assert rule("avx512_bf16", True) == "avx512"
+    assert rule("avx512_bf16", False) == "avx512_bf16"
+    for isa in ("scalar", "avx2", "avx512"):
+        assert rule(isa, True) == isa and rule(isa, False) == isa
+    intel = "GenuineIntel" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    assert ops.default_cpu_isa() == rule(ops.detected_cpu_isa(), intel)
+    if "POLYKERNELS_CPU_ISA" not in os.environ:
+        assert ops.cpu_isa() == ops.default_cpu_isa()
+    try:
+        assert ops.set_cpu_isa(ops.detected_cpu_isa()) == ops.detected_cpu_isa()
+    finally:
+        ops.set_cpu_isa(ops.default_cpu_isa())

@@ -25,9 +25,18 @@ Isa cap(Isa requested) {
   return static_cast<int>(requested) > static_cast<int>(best) ? best : requested;
 }
 
+bool is_intel() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel");
+#else
+  return false;
+#endif
+}
+
 Isa initial() {
   const char* env = std::getenv("POLYKERNELS_CPU_ISA");
-  if (env == nullptr || *env == '\0') return detected_isa();
+  if (env == nullptr || *env == '\0') return default_isa();
   return cap(parse_isa(env));
 }
 
@@ -40,6 +49,15 @@ std::atomic<int>& active() {
 
 Isa detected_isa() {
   static const Isa isa = detect();
+  return isa;
+}
+
+Isa default_isa_for(Isa detected, bool intel) {
+  return intel && detected == Isa::AVX512_BF16 ? Isa::AVX512 : detected;
+}
+
+Isa default_isa() {
+  static const Isa isa = default_isa_for(detected_isa(), is_intel());
   return isa;
 }
 

@@ -504,43 +504,59 @@ struct OpsF32 {
     for (; d < dp; ++d) dst[d] = 0.f;
   }
 
-  // One key's contiguous 16-bit K and V rows, widened by `widen` with no per-element kind
-  // switch (vectorised along V's row): K into column kt of K^T, V into row vd. Decode on the
-  // AVX2 path spent most of its time in that switch.
-  template <class Widen>
-  static void pack_row16(const char* kr, const char* vr, float* kt, float* vd, int64_t D, Widen widen) {
-    const uint16_t* kh = reinterpret_cast<const uint16_t*>(kr);
-    const uint16_t* vh = reinterpret_cast<const uint16_t*>(vr);
-    for (int64_t d = 0; d < D; ++d) kt[d * BN] = widen(kh[d]);
-    for (int64_t d = 0; d < D; ++d) vd[d] = widen(vh[d]);
+  // One row of D elements of the source's kind (element stride ds bytes) widened to fp32 at
+  // dst[d * step]: contiguous 16-bit rows with no per-element kind switch (vectorised for
+  // step 1; decode on the AVX2 path once spent most of its time in that switch).
+  template <class Src>
+  static void widen_row(const Src& src, const char* row, int64_t ds, float* dst, int64_t step, int64_t D) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
+    if (src.kind == kF32 && ds == 4) {
+      const float* f = reinterpret_cast<const float*>(row);
+      for (int64_t d = 0; d < D; ++d) dst[d * step] = f[d];
+    } else if (src.kind == kBF16 && ds == 2) {
+      for (int64_t d = 0; d < D; ++d) dst[d * step] = bf16_to_float(h[d]);
+    } else if (src.kind == kF16 && ds == 2) {
+      for (int64_t d = 0; d < D; ++d) dst[d * step] = fp16_to_float(h[d]);
+    } else {
+      for (int64_t d = 0; d < D; ++d) dst[d * step] = load_elem(row + d * ds, src.kind, src.fp8_lut);
+    }
+  }
+
+  // K^T columns [c0, c0 + 8) from 8 key rows of kind L, 8 x 8 blocks widened in registers
+  // and transposed (column by column it was one scalar store per element: ~15% of prefill).
+  template <class L>
+  static void pack_k8(const char* const* kr, float* kt, int64_t D) {
+    for (int64_t d = 0; d < D; d += V::W) {
+      typename V::reg r[8];
+      for (int i = 0; i < 8; ++i) r[i] = L::template load<V>(kr[i] + d * L::kBytes);
+      V::transpose8(r);
+      for (int j = 0; j < 8; ++j) V::store(kt + (d + j) * BN, r[j]);
+    }
   }
 
   template <class Src>
   static void pack(const Src& src, int64_t j0, int n, int64_t D, int64_t dp, void* kb, void* vb) {
     float* kt = static_cast<float*>(kb);
     float* vv = static_cast<float*>(vb);
-    for (int c = 0; c < n; ++c) {
-      const char* kr = src.krow(j0 + c);
-      const char* vr = src.vrow(j0 + c);
-      float* vd = vv + c * dp;
-      if (src.kind == kF32 && src.k_ds == 4 && src.v_ds == 4) {
-        const float* kf = reinterpret_cast<const float*>(kr);
-        const float* vf = reinterpret_cast<const float*>(vr);
-        for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = kf[d];
-        for (int64_t d = 0; d < D; ++d) vd[d] = vf[d];
-      } else if (src.kind == kBF16 && src.k_ds == 2 && src.v_ds == 2) {
-        pack_row16(kr, vr, kt + c, vd, D, bf16_to_float);
-      } else if (src.kind == kF16 && src.k_ds == 2 && src.v_ds == 2) {
-        pack_row16(kr, vr, kt + c, vd, D, fp16_to_float);
-      } else {
-        for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = load_elem(kr + d * src.k_ds, src.kind, src.fp8_lut);
-        for (int64_t d = 0; d < D; ++d) vd[d] = load_elem(vr + d * src.v_ds, src.kind, src.fp8_lut);
+    const char* kr[BN];
+    const char* vr[BN];
+    src.rows(j0, n, kr, vr);
+    int c = 0;  // keys whose K column is packed
+    if constexpr (has_direct<V>(0)) {  // groups of 8 keys: K transposed in registers
+      if (src.k_ds == elem_bytes(src.kind) && D % V::W == 0) {
+        for (; c + 8 <= n && src.kind == kF32; c += 8) pack_k8<LoadF32>(kr + c, kt + c, D);
+        for (; c + 8 <= n && src.kind == kBF16; c += 8) pack_k8<LoadBF16>(kr + c, kt + c, D);
+        for (; c + 8 <= n && src.kind == kF16; c += 8) pack_k8<LoadF16>(kr + c, kt + c, D);
       }
-      for (int64_t d = D; d < dp; ++d) vd[d] = 0.f;
     }
-    for (int c = n; c < BN; ++c) {
-      for (int64_t d = 0; d < D; ++d) kt[d * BN + c] = 0.f;
-      for (int64_t d = 0; d < dp; ++d) vv[c * dp + d] = 0.f;
+    for (; c < n; ++c) widen_row(src, kr[c], src.k_ds, kt + c, BN, D);
+    for (int j = 0; j < n; ++j) {
+      widen_row(src, vr[j], src.v_ds, vv + j * dp, 1, D);
+      for (int64_t d = D; d < dp; ++d) vv[j * dp + d] = 0.f;
+    }
+    for (int j = n; j < BN; ++j) {
+      for (int64_t d = 0; d < D; ++d) kt[d * BN + j] = 0.f;
+      for (int64_t d = 0; d < dp; ++d) vv[j * dp + d] = 0.f;
     }
   }
 

@@ -132,6 +132,38 @@ def test_paged_fp8(isa, dtype):
     check_paged(f"[{isa} {dtype} fp8 odd D]", paged_case(dtype, True, [33, 20], 4, 2, 1, 33, 8, window_left=9))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_fp8_every_code(isa, dtype):
+    # Every finite e4m3 code (normal, subnormal, both zeros) in K and V, read by the decode
+    # path's in-register widening (AVX2) or the lookup table (elsewhere), against the reference.
+    every = torch.tensor([c for c in range(256) if c & 0x7F != 0x7F], dtype=torch.uint8)
+    subnormal = torch.tensor([c for c in range(256) if c & 0x78 == 0], dtype=torch.uint8)
+    for codes in (every, subnormal):   # (the second alone: subnormals are lost among the normals)
+        _fp8_codes_case(isa, dtype, codes)
+
+
+def _fp8_codes_case(isa, dtype, codes):
+    seq_lens, hq, hk, d, bs = [254, 37], 8, 2, 64, 16
+    nblk = sum((n + bs - 1) // bs for n in seq_lens) + 1
+    n = nblk * bs * hk * d
+    k_cache = codes[torch.arange(n) % len(codes)].view(nblk, bs, hk, d).view(FP8)
+    v_cache = codes[torch.randperm(n) % len(codes)].view(nblk, bs, hk, d).view(FP8)
+    table = torch.randperm(nblk).to(torch.int32)
+    block_table = torch.stack([table[:17], table[3:20]])   # (shared blocks are fine to read)
+    q = torch.randn(2, 1, hq, d, dtype=dtype) / 64
+    args = (q, k_cache, v_cache, block_table, torch.tensor(seq_lens, dtype=torch.int32), 1 / math.sqrt(d),
+            -1, -1, 0.0, None, 0.01, 0.02)
+    check_paged(f"[{isa} {dtype} fp8 {len(codes)} codes]", args)
+    # a NaN code in a V row the query sees makes its output NaN; the other sequence is untouched
+    bad = v_cache.view(torch.uint8).clone()
+    bad[block_table[0, 1].item(), 5, 1, 7] = 0x7F   # a block only sequence 0 reads
+    out, lse = run_paged((q, k_cache, bad.view(FP8), *args[3:]))
+    good, _ = run_paged(args)
+    nan = out[0, 0].isnan()   # [hq, d]: KV head 1's query heads 4..7, dim 7 only
+    assert nan[4:8, 7].all() and int(nan.sum()) == 4
+    assert torch.equal(out[1], good[1])
+
+
 def test_paged_threads_identical():
     _extension.load()
     args = paged_case(torch.bfloat16, False, [1500, 40], 1, 8, 2, 64, 16)

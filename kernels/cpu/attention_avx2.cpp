@@ -50,6 +50,21 @@ struct Vec256 {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
+  // 8 fp8 e4m3fn codes to their exact fp32 values (unscaled): normal codes by moving the
+  // exponent and mantissa fields (bias 7 -> 127), subnormal ones as mantissa * 2^-9, the NaN
+  // codes (0x7f, 0xff) to NaN; the sign bit copied.
+  static reg load_fp8(const char* p) {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m256i em = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
+    const __m256 normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(em, 20), _mm256_set1_epi32(0x3c000000)));
+    const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(em), _mm256_set1_ps(1.f / 512.f));
+    const __m256 is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), em));
+    const __m256 is_nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(em, _mm256_set1_epi32(0x7f)));
+    __m256 v = _mm256_blendv_ps(normal, subnormal, is_sub);
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")), is_nan);
+    const __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24));
+    return _mm256_or_ps(v, sign);
+  }
   static reg load_f16(const char* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   // r[i] = row i of an 8 x 8 block -> r[j] = column j.
   static void transpose8(reg* r) {

@@ -278,7 +278,8 @@ void pv_visible_only(const RowSet& rs, const Src& src, int64_t j0, int n, int bn
 // S = Q K^T as dot products along D (8 accumulators per tile: R rows x 8/R keys, summed with
 // one reduce8), O = alpha O + P V along D. Used for Vec types that opt in (kDirect: widening
 // loads and reduce8, 8 lanes), contiguous head dims that are a multiple of the vector width,
-// and fp32 / bf16 / fp16 caches; fp8 and other layouts take the packed path.
+// and fp32 / bf16 / fp16 / fp8 e4m3 caches (fp8 codes widened exactly; their scales apply to
+// the scores and the output, as in the packed path); other layouts take the packed path.
 
 template <class V>
 constexpr auto has_direct(int) -> decltype(V::kDirect, bool()) { return V::kDirect && V::W == 8; }
@@ -289,6 +290,7 @@ constexpr bool has_direct(long) { return false; }
 struct LoadF32 { template <class V> static typename V::reg load(const char* p) { return V::load(reinterpret_cast<const float*>(p)); } static constexpr int kBytes = 4; };
 struct LoadBF16 { template <class V> static typename V::reg load(const char* p) { return V::load_bf16(p); } static constexpr int kBytes = 2; };
 struct LoadF16 { template <class V> static typename V::reg load(const char* p) { return V::load_f16(p); } static constexpr int kBytes = 2; };
+struct LoadFP8 { template <class V> static typename V::reg load(const char* p) { return V::load_fp8(p); } static constexpr int kBytes = 1; };
 
 // Scores of rows [0, R) (fp32 Q rows, stride dp) against keys krows[0, 8 / R): out[r * 8/R + k].
 template <class V, class L, int R>
@@ -445,7 +447,7 @@ void attend(const RowSet& rs, const Src& src, int64_t D, float qk_scale, float s
         case kF32: return attend_direct<V, Ops, LoadF32>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
         case kBF16: return attend_direct<V, Ops, LoadBF16>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
         case kF16: return attend_direct<V, Ops, LoadF16>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
-        default: break;  // fp8: the packed path's lookup table
+        default: return attend_direct<V, Ops, LoadFP8>(rs, src, D, kbeg, kend, softcap, alibi, v_nonfinite, es, w);
       }
     }
   }

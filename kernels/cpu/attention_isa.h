@@ -38,8 +38,9 @@ enum class AttnPath { Scalar, AVX2, AVX512, AVX512BF16 };
 AttnPath choose_path(int q_kind, int kv_kind);
 
 // Whether `path` runs this problem's decode through the pack-free path, so that one item may
-// cover several KV heads (PagedItem::nh): an opted-in path, an fp32 / bf16 / fp16 cache
-// with contiguous head dims of a multiple of 8, at most kDirectMaxRows query heads per KV head.
+// cover several KV heads (PagedItem::nh): an opted-in path, an fp32 / bf16 / fp16 cache or an
+// fp8 one without per-KV-head scales, contiguous head dims of a multiple of 8, at most
+// kDirectMaxRows query heads per KV head.
 bool paged_direct_ok(AttnPath path, const PagedParams& p);
 
 }  // namespace pk::cpu::attn

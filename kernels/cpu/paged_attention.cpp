@@ -23,7 +23,9 @@ constexpr int64_t kMinKeysPerSplit = 256;
 }  // namespace
 
 bool paged_direct_ok(AttnPath path, const PagedParams& p) {
-  const bool kind_ok = p.cache_kind == kF32 || p.cache_kind == kBF16 || p.cache_kind == kF16;
+  // (fp8 with per-KV-head scales: the score scale differs per KV head, so one item per head)
+  const bool kind_ok = p.cache_kind == kF32 || p.cache_kind == kBF16 || p.cache_kind == kF16 ||
+                       (p.cache_kind == kFP8E4M3 && p.kv_scales == nullptr);
   return path == AttnPath::AVX2 && kind_ok && p.kc_s[3] == 1 && p.vc_s[3] == 1 && p.head_dim % 8 == 0 &&
          p.heads_q / p.heads_kv <= kDirectMaxRows;
 }
